@@ -1,0 +1,3 @@
+from csvbridge.cli import main
+
+raise SystemExit(main())
