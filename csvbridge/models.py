@@ -356,3 +356,37 @@ def required_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
         if isinstance(bare, type) and issubclass(bare, BaseModel) and info.is_required():
             out.extend(required_paths(bare, f"{prefix}{name}."))
     return out
+
+
+# --------------------------------------------------------------------------- error codes
+
+_TYPE_ERRORS = {
+    "string_type",
+    "float_type",
+    "int_type",
+    "bool_type",
+    "list_type",
+    "dict_type",
+    "model_type",
+    "model_attributes_type",
+    "finite_number",
+}
+
+
+def api_error_code(pydantic_error_type: str) -> str:
+    """The bulk API's error code for a pydantic error type.
+
+    ``missing`` -> MISSING_REQUIRED_PROPERTY; wrong JSON type -> INVALID_PROPERTY_TYPE;
+    everything else (length, pattern, enumeration, date, extra property) ->
+    INVALID_PROPERTY_FORMAT, as in the reference's examples.
+    """
+    if pydantic_error_type == "missing":
+        return "MISSING_REQUIRED_PROPERTY"
+    if pydantic_error_type in _TYPE_ERRORS:
+        return "INVALID_PROPERTY_TYPE"
+    return "INVALID_PROPERTY_FORMAT"
+
+
+def error_property(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a dot path without list indexes."""
+    return ".".join(str(p) for p in loc if not isinstance(p, int)) or "(object)"
