@@ -92,8 +92,11 @@ class ProblemLog:
     def __init__(self) -> None:
         self._errors: dict[tuple[Any, ...], _Aggregate] = {}
         self._warnings: dict[tuple[Any, ...], _Aggregate] = {}
+        self.raw: list[Problem] = []  # the first few occurrences, as recorded
 
     def add(self, p: Problem) -> None:
+        if len(self.raw) < 1000:
+            self.raw.append(p)
         table = self._warnings if p.warning else self._errors
         key = (p.code, p.property, p.column, p.detail if p.property is None else None)
         agg = table.get(key)

@@ -1,0 +1,141 @@
+"""The command line: parse arguments, make one library call, map errors to exit codes.
+
+Exit codes: 0 everything valid/shipped; 1 some objects rejected; 2 usage, configuration
+or unusable input; 3 a source or the API unreachable (or another pass holds the lock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from csvbridge import __version__
+from csvbridge.config import ConvertSettings, load_settings
+from csvbridge.errors import CsvBridgeError
+from csvbridge.report import Report
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def _convert_settings(args: argparse.Namespace) -> ConvertSettings:
+    base = load_settings(args.config).convert if args.config else ConvertSettings()
+    updates = {
+        k: v
+        for k, v in {
+            "strict": args.strict or None,
+            "conflict": args.conflict,
+            "encoding": args.encoding,
+            "delimiter": args.delimiter,
+            "workers": args.workers,
+            "decimal_comma": args.decimal_comma,
+        }.items()
+        if v is not None
+    }
+    return base.model_copy(update=updates)
+
+
+def _exit_for(report: Report) -> int:
+    if report.fatal:
+        return EXIT_USAGE
+    bad = report.objects_rejected + report.objects_rejected_by_api
+    return EXIT_REJECTED if bad else EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from csvbridge.convert import convert_file
+
+    report = convert_file(
+        args.input,
+        args.output,
+        to=args.to,
+        kind=args.kind,
+        settings=_convert_settings(args),
+        mapping=args.mapping,
+        report_path=args.report,
+        rejects_path=args.rejects,
+        products_from_conversions=args.products_from_conversions,
+    )
+    if not args.quiet:
+        report.print_summary()
+    return _exit_for(report)
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from csvbridge.emulator import run_emulator
+
+    run_emulator(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        site_id=args.site,
+        speed=args.speed,
+        fail_rate=args.fail_rate,
+        drop_rate=args.drop_rate,
+        slow_rate=args.slow_rate,
+    )
+    return EXIT_OK
+
+
+def _add_convert_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mapping", type=Path, help="YAML mapping for exports with their own headers")
+    p.add_argument("--strict", action="store_true", help="reject spreadsheet-damaged values")
+    p.add_argument("--conflict", choices=("reject", "first", "last"))
+    p.add_argument("--encoding", help="force the file encoding (default: detect)")
+    p.add_argument("--delimiter", help="force the delimiter (default: detect)")
+    p.add_argument("--decimal-comma", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--kind", choices=("conversions", "products"), default="conversions")
+    p.add_argument("--products-from-conversions", action="store_true",
+                   help="extract the distinct products of a conversions export")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU)")
+    p.add_argument("--config", type=Path, help="csvbridge config file (YAML)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="csvbridge",
+        description="Move e-commerce order exports (CSV) into Commanders Act conversions.",
+    )
+    parser.add_argument("--version", action="version", version=f"csvbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="convert one CSV file to NDJSON (or a CSV feed)")
+    p.add_argument("input", help="CSV file (.csv or .csv.gz), or - for stdin")
+    p.add_argument("-o", "--output", help="output file (default: stdout)")
+    p.add_argument("--to", choices=("ndjson", "feed"), default="ndjson")
+    p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument("--rejects", type=Path, help="write rejected rows here (source dialect)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+    _add_convert_options(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("emulator", help="run the built-in bulk API emulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--token", default="emulator-token")
+    p.add_argument("--site", default="1234")
+    p.add_argument("--speed", type=float, default=1.0, help="multiply the rate limits")
+    p.add_argument("--fail-rate", type=float, default=0.0, help="share of 500 answers")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="share of dropped connections")
+    p.add_argument("--slow-rate", type=float, default=0.0, help="share of slow answers")
+    p.set_defaults(func=cmd_emulator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CsvBridgeError as exc:
+        print(f"csvbridge: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("csvbridge: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,749 @@
+"""The convert engine: one CSV export -> NDJSON of valid objects, an index, and a report.
+
+Work is split into record-aligned chunks (`reader.CsvFile.chunks`) that worker processes
+parse, fold and validate in parallel; the main process stitches the conversion that
+straddles two chunks, writes the output in file order, and keeps the report.  Memory
+stays flat: a few chunks are in flight at any time, whatever the file size.
+
+Grouped files (the documented rule: rows of a conversion are consecutive) stream
+straight through.  While streaming, every conversion id is checked against the ids
+already closed (an on-disk SQLite set); if one comes back, the file is not grouped and
+it is converted again through an on-disk regrouping (`_regroup`) that gives the same
+output as the grouped file would: conversions in order of their first row, items in file
+order.  The output is only moved into place once the file is done, so a fallback never
+leaves half an answer behind.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from csvbridge.cells import CellError, CodecOptions
+from csvbridge.config import ConvertSettings
+from csvbridge.errors import InputError
+from csvbridge.fold import Built, Plan, Record, normalize_header
+from csvbridge.mapping import Mapping, RowTransform, compile_mapping, load_mapping
+from csvbridge.reader import CHUNK_BYTES, CsvFile, Dialect, Row, parse_chunk
+from csvbridge.report import Problem, ProblemLog, Report
+
+ITEM_PRODUCT = "conversion_items.product."
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything a worker needs to compile the same plan as the main process."""
+
+    header: list[str]
+    dialect: Dialect
+    kind: str = "conversions"
+    options: CodecOptions = CodecOptions()
+    conflict: str = "reject"
+    mapping: Mapping | None = None
+    products_from_conversions: bool = False
+
+    def compile(self) -> tuple[Plan, RowTransform | None]:
+        transform = None
+        if self.mapping is not None:
+            transform = compile_mapping(self.mapping, self.header, self.options)
+            paths, sources = list(transform.paths), transform.sources
+        else:
+            paths, sources = [normalize_header(h) for h in self.header], list(self.header)
+        if self.products_from_conversions:
+            paths = [p[len(ITEM_PRODUCT) :] if p.startswith(ITEM_PRODUCT) else "" for p in paths]
+        plan = Plan(paths, sources, kind=self.kind, options=self.options, conflict=self.conflict)
+        return plan, transform
+
+
+# --------------------------------------------------------------------------- chunk work
+
+
+@dataclass(slots=True)
+class Run:
+    """Consecutive rows with one id, and the problems already known for them."""
+
+    id: str | None  # None: the row had no id and stands alone
+    rows: list[Row]
+    pre: list[Problem] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Output:
+    """What a batch of built objects contributes to the files and the report."""
+
+    ndjson: list[bytes] = field(default_factory=list)
+    index: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
+    rejected: list[tuple[tuple[int, ...], str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    rows_ok: int = 0
+    rows_bad: int = 0
+    rows_dup: int = 0
+    ok: int = 0
+    bad: int = 0
+
+    def add(self, built: Built, seen_products: set[str] | None = None) -> None:
+        if built.problems:
+            self.problems.extend(built.problems)
+        rec = built.record
+        if rec is None:
+            self.bad += 1
+            self.rows_bad += built.rows
+            reason = next((p for p in built.problems if not p.warning), None)
+            self.rejected.append(
+                (built.lines, f"{reason.code}: {reason.detail}" if reason else "rejected")
+            )
+            return
+        if seen_products is not None:
+            if rec.id in seen_products:
+                self.rows_dup += built.rows
+                return
+            seen_products.add(rec.id)
+        self.ok += 1
+        self.rows_ok += built.rows
+        self.ndjson.append(rec.json)
+        self.index.append((rec.id, rec.lines))
+
+    def merge(self, other: Output) -> None:
+        self.ndjson.extend(other.ndjson)
+        self.index.extend(other.index)
+        self.rejected.extend(other.rejected)
+        self.problems.extend(other.problems)
+        self.rows_ok += other.rows_ok
+        self.rows_bad += other.rows_bad
+        self.rows_dup += other.rows_dup
+        self.ok += other.ok
+        self.bad += other.bad
+
+
+@dataclass(slots=True)
+class ChunkResult:
+    out: Output
+    rows: int
+    blank: int
+    head: Run | None  # first run, not built (it may continue the previous chunk)
+    tail: Run | None  # last run, not built (it may continue in the next chunk)
+    run_ids: list[str]  # ids of this chunk's runs, in order
+    dup_inside: bool  # an id came back within this chunk
+    boundary_ok: bool
+    runs: list[Run] | None = None  # "runs" mode: every run, unbuilt
+
+
+_WORKER: tuple[Plan, RowTransform | None, Spec] | None = None
+
+
+def _init_worker(spec: Spec) -> None:
+    global _WORKER
+    plan, transform = spec.compile()
+    _WORKER = (plan, transform, spec)
+
+
+def _runs(rows: list[Row], plan: Plan, transform: RowTransform | None, ncols: int) -> list[Run]:
+    """Cut parsed rows into runs of one id, rejecting ragged rows with their line."""
+    runs: list[Run] = []
+    id_col = plan.id_col
+    per_row = plan.kind == "products"
+    current: Run | None = None
+    for row in rows:
+        pre: list[Problem] = []
+        cells = row.cells
+        if len(cells) != ncols:
+            pre.append(
+                Problem(
+                    "ROW_LENGTH_MISMATCH",
+                    f"row has {len(cells)} cells but the header has {ncols}; "
+                    "check the delimiter and quoting of this line",
+                    None,
+                    (row.line,),
+                )
+            )
+            cells = (cells + [""] * ncols)[:ncols]
+        if transform is not None:
+            cells = transform.fn(cells)
+            if transform.errors:
+                for i, err in transform.errors:
+                    pre.append(
+                        Problem(err.code, err.detail, transform.paths[i], (row.line,), None,
+                                transform.sources[i], row.cells[i] if False else None)
+                    )
+                transform.errors.clear()
+        if pre or transform is not None:
+            row = Row(row.line, cells) if not pre else Row(row.line, cells)
+        cid = cells[id_col] or None
+        for p in pre:
+            p.id = cid
+        if pre:
+            row = Row(row.line, cells)
+        if current is not None and cid is not None and cid == current.id and not per_row:
+            current.rows.append(row)
+            current.pre.extend(pre)
+        else:
+            current = Run(cid, [row], pre)
+            runs.append(current)
+    return runs
+
+
+def _build_run(run: Run, plan: Plan) -> Built:
+    if run.id is None:
+        line = run.rows[0].line
+        problems = run.pre + [
+            Problem("MISSING_REQUIRED_PROPERTY", "should have required property 'id'", "id",
+                    (line,), None, plan.sources[plan.id_col])
+        ]
+        return Built(None, problems, len(run.rows), tuple(r.line for r in run.rows))
+    built = plan.build(run.rows)
+    if run.pre:
+        built.problems[:0] = run.pre
+        if built.record is not None and any(not p.warning for p in run.pre):
+            built.record = None
+    return built
+
+
+def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResult:
+    assert _WORKER is not None
+    plan, transform, spec = _WORKER
+    parsed = parse_chunk(data, first_line, spec.dialect)
+    ncols = len(spec.header)
+    if parsed.bad_encoding:
+        bad = set(parsed.bad_encoding)
+    else:
+        bad = set()
+    runs = _runs(parsed.rows, plan, transform, ncols)
+    if bad:
+        for run in runs:
+            for r in run.rows:
+                if r.line in bad:
+                    run.pre.append(
+                        Problem("ENCODING_ERROR",
+                                f"bytes that are not valid {spec.dialect.encoding}; "
+                                "re-export the file as UTF-8",
+                                None, (r.line,), run.id)
+                    )
+    out = Output()
+    seen: set[str] = set()
+    dup = False
+    run_ids = []
+    for run in runs:
+        if run.id is not None:
+            if run.id in seen and plan.kind != "products":
+                dup = True
+            seen.add(run.id)
+            run_ids.append(run.id)
+    if mode == "runs":
+        return ChunkResult(out, len(parsed.rows), parsed.blank, None, None, run_ids, dup,
+                           parsed.boundary_ok, runs)
+    head = tail = None
+    inner = runs
+    if plan.kind != "products" and runs:
+        head, inner = runs[0], runs[1:]
+        if inner:
+            tail, inner = inner[-1], inner[:-1]
+    seen_products: set[str] | None = None
+    for run in inner:
+        out.add(_build_run(run, plan), seen_products)
+    return ChunkResult(out, len(parsed.rows), parsed.blank, head, tail, run_ids, dup,
+                       parsed.boundary_ok)
+
+
+def _build_task(groups: list[Run]) -> Output:
+    assert _WORKER is not None
+    plan = _WORKER[0]
+    out = Output()
+    for run in groups:
+        out.add(_build_run(run, plan))
+    return out
+
+
+class _Boundary(Exception):
+    """A chunk did not end on a record boundary (stray quote): read in one piece."""
+
+
+class _Ungrouped(Exception):
+    """A conversion id came back after its rows ended: the file is not grouped."""
+
+
+# --------------------------------------------------------------------------- engine
+
+
+@dataclass
+class Converted:
+    """Paths of a finished conversion's files, and its report."""
+
+    report: Report
+    ndjson: Path
+    index: Path
+    rejected: Path
+
+
+class _Writer:
+    """Writes the three output files in the work folder and keeps the report's counts."""
+
+    def __init__(self, folder: Path, report: Report, dedupe: bool) -> None:
+        self.folder = folder
+        self.report = report
+        self.nd = open(folder / "objects.ndjson", "wb")  # noqa: SIM115
+        self.ix = open(folder / "objects.index", "w", encoding="utf-8")  # noqa: SIM115
+        self.rj = open(folder / "rejected.tsv", "w", encoding="utf-8")  # noqa: SIM115
+        self.seen_products: set[str] | None = set() if dedupe else None
+
+    def write(self, out: Output) -> None:
+        r = self.report
+        if out.ndjson:
+            self.nd.write(b"\n".join(out.ndjson) + b"\n")
+            self.ix.write(
+                "".join(f"{i}\t{','.join(map(str, lines))}\n" for i, lines in out.index)
+            )
+        for lines, reason in out.rejected:
+            self.rj.write(f"{','.join(map(str, lines))}\t{reason}\n")
+        r.problems.extend(out.problems)
+        r.rows_converted += out.rows_ok
+        r.rows_rejected += out.rows_bad
+        r.rows_skipped += out.rows_dup
+        r.objects_valid += out.ok
+        r.objects_rejected += out.bad
+
+    def add_built(self, built: Built) -> None:
+        out = Output()
+        out.add(built, self.seen_products)
+        self.write(out)
+
+    def close(self) -> None:
+        for f in (self.nd, self.ix, self.rj):
+            f.close()
+
+
+def _clean_id(text: str) -> str:
+    return text.replace("\t", " ").replace("\n", " ")
+
+
+def convert(
+    source: str | Path | BinaryIO,
+    work_dir: str | Path,
+    *,
+    kind: str = "conversions",
+    settings: ConvertSettings | None = None,
+    mapping: Mapping | str | Path | None = None,
+    name: str | None = None,
+    products_from_conversions: bool = False,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Converted:
+    """Convert one CSV export into ``work_dir``/objects.ndjson (+ .index, rejected.tsv).
+
+    Raises `InputError` for a file that cannot be used at all; every other problem is a
+    rejected object or a warning in the returned report.
+    """
+    settings = settings or ConvertSettings()
+    started = time.monotonic()
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if mapping is None and settings.mapping is not None:
+        mapping = settings.mapping
+    if isinstance(mapping, (str, Path)):
+        mapping = load_mapping(mapping)
+    if products_from_conversions:
+        kind = "products"
+    label = name or (str(source) if isinstance(source, (str, Path)) else "<stream>")
+    if isinstance(source, (str, Path)) and str(source) == "-":
+        source = sys.stdin.buffer
+    if not isinstance(source, (str, Path)):
+        # a stream can be read once; the fallbacks need to read again
+        spooled = work / "input.spool"
+        with open(spooled, "wb") as f:
+            shutil.copyfileobj(source, f, 1 << 20)
+        source = spooled
+    opts = mapping.options if mapping is not None else None
+    encoding = settings.encoding or (opts.encoding if opts else None)
+    delimiter = settings.delimiter or (opts.delimiter if opts else None)
+    with CsvFile(source, name=label, encoding=encoding, delimiter=delimiter) as csvf:
+        dialect, header = csvf.dialect, csvf.header
+    decimal_comma = settings.decimal_comma
+    if decimal_comma is None and opts is not None:
+        decimal_comma = opts.decimal_comma
+    if decimal_comma is None:
+        decimal_comma = dialect.delimiter == ";"
+    options = CodecOptions(
+        decimal_comma=decimal_comma,
+        timezone=opts.timezone if opts else None,
+        date_formats=tuple(opts.date_formats) if opts else (),
+        strict=settings.strict,
+    )
+    spec = Spec(header, dialect, kind, options, settings.conflict, mapping,
+                products_from_conversions)
+    plan, _ = spec.compile()  # fails early (missing columns) before any worker starts
+    report = Report(file=label, kind=kind)
+    report.dialect = {**dialect.as_dict(), "decimal_comma": decimal_comma,
+                      "columns": len(header)}
+    if not products_from_conversions:
+        for col, reason in plan.ignored:
+            report.problems.add(
+                Problem("IGNORED_COLUMN", f"column ignored: {reason}", plan.paths[col] or None,
+                        (1,), None, plan.sources[col], warning=True)
+            )
+    workers = settings.workers or os.cpu_count() or 1
+    engine = _Engine(spec, plan, Path(source), work, report, workers, chunk_bytes,
+                     products_from_conversions)
+    engine.run()
+    report.duration_seconds = time.monotonic() - started
+    report.outputs = {"ndjson": str(work / "objects.ndjson")}
+    return Converted(report, work / "objects.ndjson", work / "objects.index",
+                     work / "rejected.tsv")
+
+
+class _Engine:
+    def __init__(self, spec: Spec, plan: Plan, path: Path, work: Path, report: Report,
+                 workers: int, chunk_bytes: int, dedupe: bool) -> None:
+        self.spec, self.plan, self.path, self.work = spec, plan, path, work
+        self.report, self.workers, self.chunk_bytes, self.dedupe = (
+            report, workers, chunk_bytes, dedupe)
+        self.pool: ProcessPoolExecutor | None = None
+
+    def run(self) -> None:
+        _init_worker(self.spec)  # the main process builds straddling conversions itself
+        size = self.path.stat().st_size
+        if self.workers > 1 and size > 2 * self.chunk_bytes:
+            self.pool = ProcessPoolExecutor(
+                self.workers, mp_context=get_context("fork"),
+                initializer=_init_worker, initargs=(self.spec,),
+            )
+        notes: list[Problem] = []
+        try:
+            for attempt in ("grouped", "regroup", "single"):
+                writer = _Writer(self.work, self._reset(notes), self.dedupe)
+                try:
+                    if attempt == "grouped":
+                        self._grouped(writer)
+                    else:  # "single": one piece, for files whose quotes defeat chunking
+                        self._regroup(writer, self.chunk_bytes if attempt == "regroup"
+                                      else 1 << 62)
+                    return
+                except _Ungrouped:
+                    notes.append(Problem(
+                        "UNGROUPED_FILE",
+                        "rows of some conversions are not consecutive; the file was "
+                        "regrouped by conversion id (on disk, bounded memory)",
+                        None, (), None, warning=True))
+                except _Boundary:
+                    notes.append(Problem(
+                        "UNBALANCED_QUOTES",
+                        "a quote character inside an unquoted field; the file was read "
+                        "in one piece", None, (), None, warning=True))
+                    writer.close()
+                    writer = _Writer(self.work, self._reset(notes), self.dedupe)
+                    self._regroup(writer, 1 << 62)
+                    return
+                finally:
+                    writer.close()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+
+    def _reset(self, notes: list[Problem]) -> Report:
+        """The report, emptied of a previous attempt's counts (file-level notes kept)."""
+        rep = self.report
+        if not hasattr(self, "_base"):
+            self._base = _snapshot(rep)
+        rep.rows_read = rep.rows_skipped = rep.rows_converted = rep.rows_rejected = 0
+        rep.objects_valid = rep.objects_rejected = 0
+        rep.problems = ProblemLog()
+        for p in self._base + notes:
+            rep.problems.add(p)
+        return rep
+
+    # -------------------------------------------------------------- chunk streams
+
+    def _chunks(self, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
+        spec = self.spec
+        with CsvFile(self.path, name=self.report.file, encoding=spec.dialect.encoding,
+                     delimiter=spec.dialect.delimiter) as csvf:
+            yield from csvf.chunks(chunk_bytes)
+
+    def _map(self, fn: Any, items: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+        """Ordered results of fn(*item), a bounded number in flight."""
+        if self.pool is None:
+            for item in items:
+                yield fn(*item)
+            return
+        window: list[Future[Any]] = []
+        limit = self.workers * 2 + 1
+        for item in items:
+            window.append(self.pool.submit(fn, *item))
+            if len(window) >= limit:
+                yield window.pop(0).result()
+        for fut in window:
+            yield fut.result()
+
+    # -------------------------------------------------------------- grouped path
+
+    def _grouped(self, writer: _Writer) -> None:
+        plan = self.plan
+        rep = writer.report
+        ids = _IdSet(self.work / "ids.sqlite")
+        carry: Run | None = None
+        try:
+            for res in self._map(_chunk_task, ((d, line) for d, line in
+                                               self._chunks(self.chunk_bytes))):
+                if not res.boundary_ok:
+                    raise _Boundary
+                rep.rows_read += res.rows + res.blank
+                rep.rows_skipped += res.blank
+                if plan.kind == "products":
+                    writer.write(res.out) if not self.dedupe else self._dedupe_write(writer, res.out)
+                    continue
+                fresh = res.run_ids
+                if carry is not None and fresh and carry.id is not None and fresh[0] == carry.id:
+                    fresh = fresh[1:]
+                if res.dup_inside or not ids.add_new(fresh):
+                    raise _Ungrouped
+                if res.head is None:
+                    continue
+                runs = [res.head] + ([res.tail] if res.tail is not None else [])
+                # stitch the run that straddles the previous boundary
+                head = res.head
+                if carry is not None and head.id is not None and head.id == carry.id:
+                    carry.rows.extend(head.rows)
+                    carry.pre.extend(head.pre)
+                    head = carry
+                    carry = None
+                if carry is not None:
+                    writer.add_built(_build_run(carry, plan))
+                    carry = None
+                if res.tail is None:
+                    carry = head
+                    writer.write(res.out)
+                else:
+                    writer.add_built(_build_run(head, plan))
+                    writer.write(res.out)
+                    carry = res.tail
+                del runs
+            if carry is not None:
+                writer.add_built(_build_run(carry, plan))
+        finally:
+            ids.close()
+
+    def _dedupe_write(self, writer: _Writer, out: Output) -> None:
+        """Products from conversions: keep the first occurrence of each product id."""
+        seen = writer.seen_products
+        assert seen is not None
+        keep = Output(rejected=out.rejected, problems=out.problems, rows_bad=out.rows_bad,
+                      bad=out.bad)
+        for line, (pid, lines) in zip(out.ndjson, out.index, strict=True):
+            if pid in seen:
+                keep.rows_dup += len(lines)
+                continue
+            seen.add(pid)
+            keep.ndjson.append(line)
+            keep.index.append((pid, lines))
+            keep.ok += 1
+            keep.rows_ok += len(lines)
+        writer.write(keep)
+
+    # -------------------------------------------------------------- regroup path
+
+    def _regroup(self, writer: _Writer, chunk_bytes: int) -> None:
+        """Ungrouped files: park runs in SQLite, read them back grouped by id."""
+        rep = writer.report
+        db_path = self.work / "regroup.sqlite"
+        db_path.unlink(missing_ok=True)
+        db = sqlite3.connect(db_path)
+        try:
+            db.executescript(
+                "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-16000;"
+                "PRAGMA temp_store=FILE;"
+                "CREATE TABLE runs(id TEXT NOT NULL, line INTEGER NOT NULL, data BLOB);"
+            )
+            alone = 0
+            for res in self._map(_chunk_task, ((d, line, "runs") for d, line in
+                                               self._chunks(chunk_bytes))):
+                if not res.boundary_ok:
+                    raise InputError("unbalanced quotes: a quoted field never ends",
+                                     file=rep.file)
+                rep.rows_read += res.rows + res.blank
+                rep.rows_skipped += res.blank
+                batch = []
+                for run in res.runs or []:
+                    key = run.id
+                    if key is None or self.plan.kind == "products":
+                        alone += 1
+                        key = f"\x00{alone:012d}"
+                    batch.append((key, run.rows[0].line, pickle.dumps(run, 5)))
+                db.executemany("INSERT INTO runs VALUES (?,?,?)", batch)
+            db.execute("CREATE INDEX runs_id ON runs(id, line)")
+            cursor = db.execute(
+                "SELECT r.id, r.data FROM runs r JOIN "
+                "(SELECT id, MIN(line) AS first FROM runs GROUP BY id) g ON g.id = r.id "
+                "ORDER BY g.first, r.line"
+            )
+            for out in self._map(_build_task, ((b,) for b in _grouped_runs(cursor))):
+                if self.dedupe:
+                    self._dedupe_write(writer, out)
+                else:
+                    writer.write(out)
+        finally:
+            db.close()
+            db_path.unlink(missing_ok=True)
+
+
+def _grouped_runs(cursor: sqlite3.Cursor, batch: int = 500) -> Iterator[list[Run]]:
+    """Merge consecutive runs with the same key, in batches of whole groups."""
+    groups: list[Run] = []
+    current_key = None
+    current: Run | None = None
+    for key, blob in cursor:
+        run: Run = pickle.loads(blob)
+        if current is not None and key == current_key:
+            current.rows.extend(run.rows)
+            current.pre.extend(run.pre)
+            continue
+        if current is not None:
+            groups.append(current)
+            if len(groups) >= batch:
+                yield groups
+                groups = []
+        current, current_key = run, key
+    if current is not None:
+        groups.append(current)
+    if groups:
+        yield groups
+
+
+class _IdSet:
+    """Conversion ids already closed, on disk so memory stays flat."""
+
+    def __init__(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path)
+        self.db.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-16000;"
+            "CREATE TABLE ids(id TEXT PRIMARY KEY) WITHOUT ROWID;"
+        )
+
+    def add_new(self, ids: list[str]) -> bool:
+        """Insert `ids`; False if any was there already (or repeats within `ids`)."""
+        if not ids:
+            return True
+        before = self.db.total_changes
+        self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?)", ((i,) for i in ids))
+        return self.db.total_changes - before == len(ids)
+
+    def close(self) -> None:
+        self.db.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _snapshot(report: Report) -> list[Problem]:
+    """The file-level warnings recorded before conversion started (ignored columns)."""
+    return list(report.problems.raw)
+
+
+def read_records(ndjson: Path, index: Path) -> Iterator[Record]:
+    """Stream back the records of a finished conversion (NDJSON + index, in lockstep)."""
+    with open(ndjson, "rb") as nd, open(index, encoding="utf-8") as ix:
+        for line, meta in zip(nd, ix, strict=True):
+            rid, _, lines = meta.rstrip("\n").partition("\t")
+            yield Record(rid, line.rstrip(b"\n"),
+                         tuple(int(x) for x in lines.split(",")) if lines else ())
+
+
+__all__ = ["CellError", "Converted", "Spec", "convert", "read_records"]
+
+
+# --------------------------------------------------------------------------- one-shot API
+
+
+def write_rejects(converted: Converted, source: Path, dest: Path) -> int:
+    """Write the rejected rows, in the source's own dialect and header, plus an error column.
+
+    The file is ready to be fixed and dropped again.  Returns the number of rows written.
+    """
+    import csv
+
+    reasons: dict[int, str] = {}
+    with open(converted.rejected, encoding="utf-8") as f:
+        for entry in f:
+            lines, _, reason = entry.rstrip("\n").partition("\t")
+            for n in lines.split(","):
+                reasons[int(n)] = reason
+    if not reasons:
+        return 0
+    written = 0
+    with CsvFile(source) as csvf:
+        d = csvf.dialect
+        tmp = dest.with_name(dest.name + ".part")
+        with open(tmp, "w", encoding=d.encoding, errors="replace", newline="") as out:
+            w = csv.writer(out, delimiter=d.delimiter, lineterminator="\r\n")
+            w.writerow([*csvf.header, "csvbridge_error"])
+            for data, first in csvf.chunks():
+                for row in parse_chunk(data, first, d).rows:
+                    reason = reasons.get(row.line)
+                    if reason is not None:
+                        w.writerow([*row.cells, f"line {row.line}: {reason}"])
+                        written += 1
+        tmp.replace(dest)
+    return written
+
+
+def convert_file(
+    source: str | Path,
+    output: str | Path | None = None,
+    *,
+    to: str = "ndjson",
+    kind: str = "conversions",
+    settings: ConvertSettings | None = None,
+    mapping: str | Path | None = None,
+    report_path: str | Path | None = None,
+    rejects_path: str | Path | None = None,
+    products_from_conversions: bool = False,
+) -> Report:
+    """`csvbridge convert`: a CSV export -> NDJSON (or a CSV feed) + report + rejects.
+
+    The output is written under a temporary name and renamed into place, so a reader
+    never sees half of it; ``output=None`` writes to stdout.
+    """
+    with tempfile.TemporaryDirectory(prefix="csvbridge-") as tmp:
+        work = Path(tmp)
+        done = convert(source, work, kind=kind, settings=settings, mapping=mapping,
+                       products_from_conversions=products_from_conversions)
+        report = done.report
+        if to == "feed":
+            from csvbridge.sinks.feed import write_feed
+
+            feed = work / ("feed.csv")
+            import orjson
+
+            with open(done.ndjson, "rb") as nd:
+                write_feed((orjson.loads(line) for line in nd), feed, report.kind)
+            produced = feed
+        else:
+            produced = done.ndjson
+        if output is None or str(output) == "-":
+            with open(produced, "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+            sys.stdout.buffer.flush()
+        else:
+            dest = Path(output)
+            part = dest.with_name(dest.name + ".part")
+            shutil.copyfile(produced, part)
+            part.replace(dest)
+            report.outputs = {to: str(dest)}
+        if rejects_path is not None and report.objects_rejected:
+            src = done.ndjson.parent / "input.spool"
+            n = write_rejects(done, src if src.exists() else Path(source), Path(rejects_path))
+            report.outputs["rejects"] = str(rejects_path)
+            report.outputs["rejected_rows"] = str(n)
+    if report_path is not None:
+        Path(report_path).write_bytes(report.to_json())
+    return report

@@ -1,0 +1,284 @@
+"""Read CSV exports whatever their dialect, as text, with exact source line numbers.
+
+What the reader decides once per file (`sniff`): compression (gzip by magic bytes),
+encoding (UTF-8 with or without BOM, else cp1252, else latin-1; or forced), delimiter
+(``,`` ``;`` tab ``|``: the one the header line uses most, outside quotes), and the
+header.  Then it cuts the byte stream into chunks that end on a record boundary, so that
+several processes can parse in parallel (`chunks`), and parses a chunk into rows
+(`parse_chunk`).
+
+Record boundaries: with RFC 4180 quoting every ``"`` toggles the quoted state (an
+escaped quote is two toggles), so a newline is a record end iff the number of quotes
+before it is even.  Where a file breaks that rule (a stray quote inside an unquoted
+field), the chunk's parser notices it — a sentinel line appended to each chunk must come
+back as its own row — and the caller falls back to reading the file in one piece.
+
+Values are never converted here: a gtin, a postal code ``01000`` or an id stays text.
+Ragged rows (more or fewer cells than the header) are returned as such, with their line
+number, for the caller to reject — never padded or dropped.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import re
+import sys
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from csvbridge.errors import InputError
+
+csv.field_size_limit(sys.maxsize)
+
+DELIMITERS = (",", ";", "\t", "|")
+SAMPLE_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 22
+SENTINEL = "\ufdd0csvbridge-end-of-chunk"
+GZIP_MAGIC = b"\x1f\x8b"
+_EXOTIC_BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How one file is written, as detected (or forced) — reported back to the user."""
+
+    encoding: str
+    delimiter: str
+    bom: bool = False
+    gzip: bool = False
+    quotechar: str = '"'
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "encoding": self.encoding,
+            "delimiter": self.delimiter,
+            "bom": self.bom,
+            "gzip": self.gzip,
+        }
+
+
+@dataclass(slots=True)
+class Row:
+    line: int  # source line where the record starts (the header is line 1)
+    cells: list[str]
+
+
+@dataclass(slots=True)
+class ParsedChunk:
+    rows: list[Row] = field(default_factory=list)
+    blank: int = 0  # blank lines skipped
+    bad_encoding: list[int] = field(default_factory=list)  # lines with undecodable bytes
+    boundary_ok: bool = True
+
+
+def open_binary(source: str | Path | BinaryIO) -> tuple[BinaryIO, bool]:
+    """Open a path, ``-`` (stdin) or a stream; gunzip transparently. Returns (stream, gz)."""
+    if isinstance(source, (str, Path)):
+        if str(source) == "-":
+            raw: BinaryIO = sys.stdin.buffer
+        else:
+            try:
+                raw = open(source, "rb")  # noqa: SIM115 - handed to the caller
+            except OSError as exc:
+                raise InputError(f"cannot open input: {exc.strerror}", file=str(source)) from None
+    else:
+        raw = source
+    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
+    if buffered.peek(2)[:2] == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=buffered, mode="rb"), True  # type: ignore[return-value]
+    return buffered, False
+
+
+def detect_encoding(sample: bytes, forced: str | None = None) -> tuple[str, bool]:
+    """(encoding, had_bom).  UTF-8 first (the sample may end mid-character), then cp1252."""
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8", True
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise InputError("the file is UTF-16; re-export it as UTF-8 (or cp1252)")
+    if forced:
+        try:
+            codecs.lookup(forced)
+        except LookupError:
+            raise InputError(f"unknown encoding {forced!r}") from None
+        return forced, False
+    if b"\x00" in sample[:4096]:
+        raise InputError("the file is binary (it contains NUL bytes), not a CSV export")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        return "utf-8", False
+    except UnicodeDecodeError:
+        pass
+    try:
+        sample.decode("cp1252")
+        return "cp1252", False
+    except UnicodeDecodeError:
+        return "latin-1", False
+
+
+def _first_record(text: str) -> str:
+    """The header record's text (it may itself contain quoted newlines)."""
+    in_quotes = False
+    for i, ch in enumerate(text):
+        if ch == '"':
+            in_quotes = not in_quotes
+        elif ch == "\n" and not in_quotes:
+            return text[:i]
+    return text
+
+
+def detect_delimiter(header_text: str) -> str:
+    """The candidate used most in the header line, outside quotes."""
+    counts = dict.fromkeys(DELIMITERS, 0)
+    in_quotes = False
+    for ch in header_text:
+        if ch == '"':
+            in_quotes = not in_quotes
+        elif not in_quotes and ch in counts:
+            counts[ch] += 1
+    best = max(DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+class CsvFile:
+    """One open CSV source: its dialect, header, and a stream of record-aligned chunks."""
+
+    def __init__(
+        self,
+        source: str | Path | BinaryIO,
+        *,
+        name: str | None = None,
+        encoding: str | None = None,
+        delimiter: str | None = None,
+    ) -> None:
+        self.name = name or (str(source) if isinstance(source, (str, Path)) else "<stream>")
+        self._stream, gz = open_binary(source)
+        try:
+            sample = self._stream.read(SAMPLE_BYTES)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"cannot read input: {exc}", file=self.name) from None
+        enc, bom = detect_encoding(sample, encoding)
+        if bom:
+            sample = sample[len(codecs.BOM_UTF8) :]
+        if not sample.strip():
+            raise InputError("the file is empty (no header row)", file=self.name)
+        text = sample.decode(enc, errors="replace")
+        header_text = _first_record(text)
+        if delimiter is not None and len(delimiter) != 1:
+            raise InputError(f"delimiter must be one character, got {delimiter!r}")
+        delim = delimiter or detect_delimiter(header_text)
+        self.dialect = Dialect(enc, delim, bom, gz)
+        header_rows = list(csv.reader(io.StringIO(header_text), delimiter=delim))
+        if not header_rows or not any(c.strip() for c in header_rows[0]):
+            raise InputError("the first row is empty: a header row is required", file=self.name)
+        self.header = header_rows[0]
+        self.header_lines = header_text.count("\n") + 1
+        # bytes after the header record (its own line break excluded)
+        head_bytes = header_text.encode(enc, errors="replace")
+        rest = sample[len(head_bytes) :]
+        if rest.startswith(b"\r"):
+            rest = rest[1:]
+        if rest.startswith(b"\n"):
+            rest = rest[1:]
+        self._pending = rest
+
+    def close(self) -> None:
+        if self._stream is not sys.stdin.buffer:
+            self._stream.close()
+
+    def __enter__(self) -> CsvFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def chunks(self, size: int = CHUNK_BYTES) -> Iterator[tuple[bytes, int]]:
+        """Yield ``(data, first_line)`` pieces that each end on a record boundary."""
+        line = self.header_lines + 1
+        buf = self._pending
+        self._pending = b""
+        quotes_odd = False  # quote parity at the start of `buf`
+        eof = False
+        while not eof:
+            while len(buf) < size and not eof:
+                try:
+                    more = self._stream.read(size)
+                except (OSError, EOFError, zlib.error) as exc:
+                    raise InputError(f"cannot read input: {exc}", file=self.name) from None
+                if more:
+                    buf += more
+                else:
+                    eof = True
+            if eof:
+                cut = len(buf)
+            else:
+                cut = self._boundary(buf, quotes_odd)
+                if cut < 0:  # one record larger than the chunk: read more
+                    size *= 2
+                    continue
+            piece, buf = buf[:cut], buf[cut:]
+            if piece:
+                quotes_odd ^= piece.count(b'"') % 2 == 1
+                yield piece, line
+                line += piece.count(b"\n")
+
+    @staticmethod
+    def _boundary(buf: bytes, quotes_odd: bool) -> int:
+        """Index just after the last newline of `buf` that is outside quotes, or -1."""
+        total_odd = quotes_odd ^ (buf.count(b'"') % 2 == 1)
+        pos = len(buf)
+        while True:
+            nl = buf.rfind(b"\n", 0, pos)
+            if nl < 0:
+                return -1
+            # parity before `nl` = parity at end minus quotes after it
+            after_odd = buf.count(b'"', nl, len(buf)) % 2 == 1
+            if not (total_odd ^ after_odd):
+                return nl + 1
+            pos = nl
+
+
+def parse_chunk(data: bytes, first_line: int, dialect: Dialect) -> ParsedChunk:
+    """Parse one record-aligned chunk into rows with their starting line numbers."""
+    out = ParsedChunk()
+    try:
+        text = data.decode(dialect.encoding)
+        bad = False
+    except UnicodeDecodeError:
+        text = data.decode(dialect.encoding, errors="replace")
+        bad = True
+    if _EXOTIC_BREAKS.search(text):
+        # str.splitlines also breaks on form feeds, U+2028...; csv must not
+        lines = list(io.StringIO(text, newline=""))
+    else:
+        lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith(("\n", "\r")):
+        lines[-1] += "\n"
+    lines.append(SENTINEL + "\n")
+    reader = csv.reader(lines, delimiter=dialect.delimiter, quotechar=dialect.quotechar)
+    base = first_line - 1
+    prev_end = 0
+    rows = out.rows
+    append = rows.append
+    for cells in reader:
+        start = base + prev_end + 1
+        prev_end = reader.line_num
+        if not cells:
+            out.blank += 1
+            continue
+        append(Row(start, cells))
+    last = rows.pop() if rows else None
+    if last is None or last.cells != [SENTINEL]:
+        out.boundary_ok = False
+        if last is not None:
+            rows.append(last)
+    if bad:
+        for r in rows:
+            if any("\ufffd" in c for c in r.cells):
+                out.bad_encoding.append(r.line)
+    return out
