@@ -1,0 +1,615 @@
+"""A local stand-in for the Commanders Act bulk API (conversions and products).
+
+Why: csvbridge must be testable and demonstrable without a real account.  The emulator
+answers exactly what the reference documents -- every body (202, 400 partial acceptance,
+PARSE_ERROR, the four 401s, 403, the two 429s, 500), the three rate limits, the slowing of
+bulk uploads to ``objects_per_second``, the ``overwrite`` query parameter -- and it can
+misbehave on purpose (500s, dropped connections, slow answers) so retries are exercised
+over real HTTP.  ``speed`` scales the rate limits so tests run in seconds: at speed 10 it
+takes 300 requests/s, 300 connections and 300 objects/s.
+
+The connection limit counts requests being processed, as the request limit counts the
+requests admitted during the last second (a sliding window).  Objects are processed one
+request after the other (first come, first served) at the object rate, so three requests
+of 100 objects sent together are all answered after 10 s at speed 1, the last one last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import random
+import re
+import signal
+import socket
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from csvbridge.config import RateLimits
+from csvbridge.fold import Record
+from csvbridge.models import Conversion, Product, api_error_code, error_property, format_date
+
+log = logging.getLogger("csvbridge.emulator")
+
+MODELS: dict[str, type[BaseModel]] = {"conversions": Conversion, "products": Product}
+_BULK_PATH = re.compile(r"/v2/([^/]+)/(conversions|products)/bulk/?")
+
+# Documented details, word for word.
+UNKNOWN_TOKEN_DETAIL = (
+    "The provided token is unknown. Please contact our support team support@commandersact.com"
+)
+SERVER_ERROR_DETAIL = (
+    "An internal error occurred. Please contact our support team support@commandersact.com"
+)
+_TYPE_WORDS = {
+    "float_type": "a number",
+    "finite_number": "a finite number",
+    "int_type": "an integer",
+    "string_type": "a string",
+    "bool_type": "a boolean",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+}
+
+
+def _errors(code: str, detail: str, **top: Any) -> dict[str, Any]:
+    """The API's error envelope: extra top-level keys (``description``) come first."""
+    return {**top, "errors": [{"code": code, "detail": detail}]}
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+@dataclass
+class EmulatorStats:
+    """What the emulator saw; `Emulator.stats` hands out a copy."""
+
+    requests: int = 0
+    status_counts: Counter[int] = field(default_factory=Counter)
+    accepted: Counter[str] = field(default_factory=Counter)  # objects accepted, per kind
+    rejected: Counter[str] = field(default_factory=Counter)  # objects refused, per kind
+    received_ids: Counter[str] = field(default_factory=Counter)  # times each id was accepted
+    dropped: int = 0  # connections closed without an answer (drop_rate)
+    max_concurrent: int = 0  # most requests processed at once
+
+    @property
+    def resent(self) -> set[str]:
+        """Ids accepted more than once: a client that re-sends what was already accepted."""
+        return {i for i, n in self.received_ids.items() if n > 1}
+
+
+@dataclass(slots=True)
+class _Answer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _ErrorGroup:
+    """One aggregated bulk error: one per (code, property), as the API aggregates them."""
+
+    code: str
+    detail: str
+    property: str | None
+    count: int = 0
+    lines: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {}
+        if self.property is not None:
+            meta["property"] = self.property
+        meta.update(line_numbers=self.lines, error_count=self.count, ids=self.ids)
+        return {"code": self.code, "detail": self.detail, "meta": meta}
+
+
+class Emulator:
+    """The bulk API on ``http://host:port``; see the module docstring for what it does.
+
+    ``start()`` serves from a daemon thread (returns once listening), ``serve_forever()``
+    from the calling thread; ``stop()`` ends either.  ``store[kind][id]`` holds accepted
+    objects, ``stats`` what happened.  ``limits`` (default: the documented ones) are
+    multiplied by ``speed``.
+    """
+
+    max_examples = 100  # line numbers and ids listed per aggregated error ("some examples")
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str = "emulator-token",
+        site_id: str = "1234",
+        speed: float = 1.0,
+        fail_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        slow_rate: float = 0.0,
+        slow_seconds: float = 5.0,
+        seed: int | None = None,
+        limits: RateLimits | None = None,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        limits = limits or RateLimits()
+        self.host, self.port = host, port
+        self.token, self.site_id, self.speed = token, site_id, speed
+        self.fail_rate, self.drop_rate, self.slow_rate = fail_rate, drop_rate, slow_rate
+        self.slow_seconds = slow_seconds
+        self.requests_per_second = limits.requests_per_second * speed
+        self.max_connections = max(1, round(limits.concurrent_connections * speed))
+        self.objects_per_second = limits.objects_per_second * speed
+        self.store: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in MODELS}
+        self._stats = EmulatorStats()
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._in_flight = 0
+        self._admitted: deque[float] = deque()  # admission times within the last second
+        self._busy_until = 0.0  # when the object processor is free again
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def _bind(self) -> _Server:
+        if self._server is None:
+            self._server = _Server((self.host, self.port), _Handler)
+            self._server.emulator = self
+            self.port = self._server.server_address[1]
+        return self._server
+
+    def start(self) -> Emulator:
+        """Listen and serve from a daemon thread; the socket accepts once this returns."""
+        server = self._bind()
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            daemon=True,
+            name=f"emulator-{self.port}",
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve from the calling thread until `stop()` is called from another one."""
+        self._bind().serve_forever(poll_interval=0.1)
+
+    def stop(self) -> None:
+        """Stop serving, cut open connections short, release the port."""
+        self._stopping.set()
+        server = self._server
+        if server is None:
+            return
+        if self._thread is not None:
+            server.shutdown()
+            self._thread.join(timeout=5)
+        server.close_connections()
+        server.server_close()
+        self._server = None
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Base URL to put in ``api.base_url``, e.g. ``http://127.0.0.1:43123``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def stats(self) -> EmulatorStats:
+        """A consistent copy, safe to read while requests are being served."""
+        with self._lock:
+            return copy.deepcopy(self._stats)
+
+    # -- one request --------------------------------------------------------------------
+
+    def answer_post(self, target: str, headers: Mapping[str, str], body: bytes) -> _Answer | None:
+        """The answer to ``POST target``; None means: hang up without answering."""
+        url = urlsplit(target)
+        match = _BULK_PATH.fullmatch(url.path)
+        if match is None:
+            return _Answer(404, _errors("NOT_FOUND", f"No route for POST {url.path}"))
+        site, kind = match.groups()
+        with self._lock:
+            self._stats.requests += 1
+            if self._chance(self.drop_rate):
+                self._stats.dropped += 1
+                return None
+        refused = self._check_auth(headers.get("Authorization"))
+        if refused is not None:
+            return refused
+        if site != self.site_id:
+            return _Answer(403, _errors("SITE_ACCESS_FORBIDDEN", "You cannot access this site"))
+        with self._lock:
+            self._in_flight += 1
+            self._stats.max_concurrent = max(self._stats.max_concurrent, self._in_flight)
+        try:
+            limited = self._admit()
+            if limited is not None:
+                return limited
+            with self._lock:
+                fail, slow = self._chance(self.fail_rate), self._chance(self.slow_rate)
+            if fail:
+                return _Answer(500, _errors("SERVER_ERROR", SERVER_ERROR_DETAIL))
+            if slow:
+                self._stopping.wait(self.slow_seconds / self.speed)
+            overwrite = parse_qs(url.query).get("overwrite", ["false"])[-1].lower() == "true"
+            return self._bulk(kind, body, overwrite)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _chance(self, rate: float) -> bool:
+        return rate > 0 and self._rng.random() < rate  # caller holds the lock
+
+    def _check_auth(self, header: str | None) -> _Answer | None:
+        if not header:
+            return _Answer(
+                401,
+                _errors("MISSING_AUTHORIZATION_HEADER", 'The "Authorization" header is required'),
+            )
+        scheme, _, token = header.strip().partition(" ")
+        if not token:
+            return _Answer(401, _errors("UNKNOWN_TOKEN_TYPE", "The token type is missing"))
+        if scheme.lower() != "bearer":
+            detail = f'The token type "{scheme}" is invalid. Expecting "Bearer" instead'
+            return _Answer(401, _errors("INVALID_TOKEN_TYPE", detail))
+        if token.strip() != self.token:
+            return _Answer(401, _errors("UNKNOWN_TOKEN", UNKNOWN_TOKEN_DETAIL))
+        return None
+
+    def _admit(self) -> _Answer | None:
+        """Apply the connection and request limits; an admitted request is counted."""
+        now = time.monotonic()
+        with self._lock:
+            if self._in_flight > self.max_connections:
+                return _Answer(
+                    429,
+                    _errors(
+                        "CONNECTION_LIMIT_REACHED",
+                        f"Your account is limited to {self.max_connections} simultaneous "
+                        "connections",
+                        description="You have too many open connections",
+                    ),
+                    {"Retry-After": self._retry_after(1.0 / self.speed)},
+                )
+            while self._admitted and self._admitted[0] <= now - 1.0:
+                self._admitted.popleft()
+            if len(self._admitted) >= self.requests_per_second:
+                wait = self._admitted[0] + 1.0 - now
+                return _Answer(
+                    429,
+                    _errors(
+                        "REQUEST_LIMIT_REACHED",
+                        f"Your account is limited to {_number(self.requests_per_second)} "
+                        "requests per second",
+                        description="You have reached the request limit",
+                    ),
+                    {"Retry-After": self._retry_after(wait)},
+                )
+            self._admitted.append(now)
+        return None
+
+    def _retry_after(self, seconds: float) -> str:
+        """Whole seconds as HTTP says; with speed > 1, decimals, or tests would crawl."""
+        if self.speed <= 1:
+            return str(max(1, math.ceil(seconds)))
+        return f"{max(seconds, 0.001):.3f}"
+
+    def _bulk(self, kind: str, body: bytes, overwrite: bool) -> _Answer:
+        objects: list[tuple[int, Any]] = []
+        for number, raw in enumerate(body.split(b"\n"), start=1):
+            if not raw.strip():
+                continue
+            try:
+                objects.append((number, orjson.loads(raw)))
+            except orjson.JSONDecodeError:
+                return _Answer(400, {**_errors("PARSE_ERROR", "Cannot parse nd-json"), "data": {}})
+        valid, groups = self._validate(kind, objects)
+        self._process(len(objects))
+        rejected = len(objects) - len(valid)
+        with self._lock:
+            table = self.store[kind]
+            for obj in valid:
+                oid = obj["id"]
+                old = table.get(oid)
+                table[oid] = obj if overwrite or old is None else {**old, **obj}
+                self._stats.received_ids[oid] += 1
+            self._stats.accepted[kind] += len(valid)
+            self._stats.rejected[kind] += rejected
+        data = {"accepted_object_count": len(valid), "rejected_object_count": rejected}
+        if not rejected:
+            return _Answer(202, {"data": data})
+        return _Answer(400, {"errors": [g.as_dict() for g in groups], "data": data})
+
+    def _validate(
+        self, kind: str, objects: list[tuple[int, Any]]
+    ) -> tuple[list[dict[str, Any]], list[_ErrorGroup]]:
+        """Valid objects, and the errors of the others aggregated per (code, property)."""
+        model = MODELS[kind]
+        valid: list[dict[str, Any]] = []
+        groups: dict[tuple[str, str], _ErrorGroup] = {}
+        for number, obj in objects:
+            try:
+                model.model_validate(obj)
+            except ValidationError as exc:
+                oid = obj.get("id") if isinstance(obj, dict) else None
+                seen: set[tuple[str, str]] = set()
+                for err in exc.errors():
+                    key = (api_error_code(err["type"]), error_property(err["loc"]))
+                    if key in seen:  # one object counts once per error type
+                        continue
+                    seen.add(key)
+                    group = groups.get(key) or groups.setdefault(key, _new_group(*key, err))
+                    group.count += 1
+                    if len(group.lines) < self.max_examples:
+                        group.lines.append(number)
+                    if isinstance(oid, str) and len(group.ids) < self.max_examples:
+                        group.ids.append(oid)
+            else:
+                valid.append(obj)
+        return valid, list(groups.values())
+
+    def _process(self, n_objects: int) -> None:
+        """Hold the answer until the objects are processed at the object rate (FIFO)."""
+        with self._lock:
+            start = max(time.monotonic(), self._busy_until)
+            self._busy_until = done = start + n_objects / self.objects_per_second
+        delay = done - time.monotonic()
+        if delay > 0:
+            self._stopping.wait(delay)
+
+    def _count_status(self, status: int) -> None:
+        with self._lock:
+            self._stats.status_counts[status] += 1
+
+
+def _new_group(code: str, prop: str, err: Any) -> _ErrorGroup:
+    """An error group with the documented wording for its code."""
+    if code == "MISSING_REQUIRED_PROPERTY":  # documented without meta.property
+        return _ErrorGroup(code, f"should have required property '{prop}'\n", None)
+    if prop == "(object)":
+        return _ErrorGroup(code, err["msg"], prop)
+    if code == "INVALID_PROPERTY_TYPE":
+        words = _TYPE_WORDS.get(err["type"], "of the expected type")
+        return _ErrorGroup(code, f'"{prop}" property is not {words}', prop)
+    return _ErrorGroup(code, f'"{prop}" property has an invalid format: {err["msg"]}', prop)
+
+
+# -- HTTP plumbing ----------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    emulator: Emulator
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def close_connections(self) -> None:
+        """Cut kept-alive connections so their threads end with the server."""
+        with self.connections_lock:
+            for conn in list(self.connections):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("emulator: connection from %s ended with an error", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as clients pool connections
+    server_version = "csvbridge-emulator"
+    timeout = 60  # an idle kept-alive connection is closed after this
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        super().finish()
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+        if urlsplit(self.path).path == "/healthz":
+            self._send(_Answer(200, {"status": "ok"}))
+        else:
+            self._send(_Answer(404, _errors("NOT_FOUND", f"No route for GET {self.path}")))
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self._read_body()
+        answer = self.server.emulator.answer_post(self.path, self.headers, body)
+        if answer is None:  # fault injection: hang up before accepting anything
+            self.close_connection = True
+            return
+        self._send(answer)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, answer: _Answer) -> None:
+        data = orjson.dumps(answer.body)
+        self.server.emulator._count_status(answer.status)
+        self.send_response(answer.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("emulator: " + format, *args)
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def run_emulator(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str = "emulator-token",
+    site_id: str = "1234",
+    speed: float = 1.0,
+    fail_rate: float = 0.0,
+    drop_rate: float = 0.0,
+    slow_rate: float = 0.0,
+) -> int:
+    """Serve until SIGINT/SIGTERM (``csvbridge emulator``); prints where to point csvbridge."""
+    emulator = Emulator(
+        host,
+        port,
+        token,
+        site_id,
+        speed,
+        fail_rate=fail_rate,
+        drop_rate=drop_rate,
+        slow_rate=slow_rate,
+    ).start()
+    shown = token if token == "emulator-token" else "<the --token you gave>"
+    print(f"csvbridge emulator listening on {emulator.url} (site {site_id}, speed {speed:g})")
+    print(
+        f"  point csvbridge at it: CSVBRIDGE_API_URL={emulator.url} "
+        f"CSVBRIDGE_SITE_ID={site_id} CSVBRIDGE_TOKEN={shown}",
+        flush=True,
+    )
+    done = threading.Event()
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: only stop() ends it
+            previous[sig] = signal.signal(sig, lambda *_: done.set())
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        emulator.stop()
+    stats = emulator.stats
+    print(
+        f"emulator stopped: {stats.requests} requests, {sum(stats.accepted.values())} objects "
+        f"accepted, {sum(stats.rejected.values())} refused",
+        flush=True,
+    )
+    return 0
+
+
+# -- sample data --------------------------------------------------------------------------
+
+_CATALOG = (
+    ("MUG-001", "Mug Commanders Act", "Home", "Kitchen", 10.0, "Commanders Act"),
+    ("TEE-042", "Organic cotton T-shirt", "Clothing", "Tops", 24.9, "Fairwear"),
+    ("BAG-007", "Canvas tote bag", "Accessories", "Bags", 15.5, "Fairwear"),
+    ("LMP-310", "Desk lamp LED", "Home", "Lighting", 39.0, "Lumen"),
+    ("BTL-120", "Insulated bottle 500 ml", "Outdoor", "Hydration", 19.9, "Trail"),
+    ("NTB-005", "Dotted notebook A5", "Office", "Paper", 7.5, "Paperco"),
+    ("HDP-900", "Wireless headphones", "Electronics", "Audio", 89.0, "Sonique"),
+    ("SCK-011", "Merino socks (2 pairs)", "Clothing", "Socks", 18.0, "Trail"),
+)
+_STATUSES = ("in_progress", "shipped", "delivered", "partially_shipped", "pending_shipment")
+_PAYMENTS = ("card", "online_payment_system", "by_invoice", "coupon")
+_CITIES = (("Paris", "75009", "Ile-de-France"), ("Lyon", "69002", "Auvergne-Rhone-Alpes"))
+
+
+def sample_conversion(n: int, rng: random.Random | None = None) -> dict[str, Any]:
+    """A realistic, valid conversion (1-4 items) for demos, tests and the benchmark."""
+    rng = rng or random.Random(n)
+    order_id = f"ORD-{n:07d}"
+    items = []
+    for k, (sku, name, cat1, cat2, price, brand) in enumerate(
+        rng.sample(_CATALOG, rng.randint(1, 4)), start=1
+    ):
+        qty = float(rng.randint(1, 3))
+        items.append(
+            {
+                "id": f"{order_id}-{k}",
+                "original_quantity": qty,
+                "final_quantity": qty,
+                "price": price,
+                "original_amount": round(qty * price, 2),
+                "final_amount": round(qty * price, 2),
+                "product": {
+                    "id": sku,
+                    "name": name,
+                    "category_1": cat1,
+                    "category_2": cat2,
+                    "price": price,
+                    "currency": "EUR",
+                    "brand": brand,
+                },
+            }
+        )
+    subtotal = round(sum(i["final_amount"] for i in items), 2)
+    shipping = 0.0 if subtotal >= 50 else 4.9
+    city, postal_code, region = rng.choice(_CITIES)
+    created = datetime(2024, 3, 1, 9, tzinfo=timezone(timedelta(hours=1))) + timedelta(
+        minutes=7 * n
+    )
+    return {
+        "id": order_id,
+        "user": {"email": f"customer{n % 9973}@example.com"},
+        "type": "online",
+        "status": rng.choice(_STATUSES),
+        "created": format_date(created),
+        "currency": "EUR",
+        "payment_method": rng.choice(_PAYMENTS),
+        "billing_address": {
+            "country": "France",
+            "iso_country_code": "FR",
+            "locality": city,
+            "postal_code": postal_code,
+            "region": region,
+        },
+        "original_amount": round(subtotal + shipping, 2),
+        "shipping_amount": shipping,
+        "tax_amount": round(subtotal / 6, 2),
+        "final_amount": round(subtotal + shipping, 2),
+        "conversion_items": items,
+    }
+
+
+def sample_records(n: int, *, seed: int = 0, first: int = 0) -> Iterator[Record]:
+    """`n` valid conversions as Records, with CSV line numbers as one item per row."""
+    rng = random.Random(seed)
+    line = 2  # line 1 is the header
+    for i in range(first, first + n):
+        conversion = sample_conversion(i, rng)
+        rows = len(conversion["conversion_items"])
+        yield Record(conversion["id"], orjson.dumps(conversion), tuple(range(line, line + rows)))
+        line += rows
