@@ -403,34 +403,28 @@ def test_feed_filename() -> None:
 # --------------------------------------------------------------------------- delivery
 
 
-def test_empty_feed_is_not_uploaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import csvbridge.filesystems as filesystems
-
-    calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(
-        filesystems, "filesystem_for", lambda s: calls.append(("fs", s)) or "fs", raising=False
-    )
-    monkeypatch.setattr(filesystems, "put_atomic", lambda *a: calls.append(a), raising=False)
-    stats = write_feed([], tmp_path / "empty.csv")
-    settings = FeedSettings(target="ftp://feeds.example.com/in")
+def test_empty_feed_is_not_uploaded(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    stats = write_feed([], tmp_path / "conversions_empty.csv")
+    settings = FeedSettings(target=target.as_uri())
     assert deliver_feed(stats.path, settings, rows=stats.rows) is None
-    assert calls == []
+    assert list(target.iterdir()) == []
 
-    settings = FeedSettings(target="ftp://feeds.example.com/in", upload_empty=True)
-    assert deliver_feed(stats.path, settings, rows=stats.rows) == "empty.csv"
-    assert calls == [("fs", settings), ("fs", stats.path, "empty.csv")]
+    settings = FeedSettings(target=target.as_uri(), upload_empty=True)
+    assert deliver_feed(stats.path, settings, rows=stats.rows) == "conversions_empty.csv"
+    assert [p.name for p in target.iterdir()] == ["conversions_empty.csv"]
+    assert (target / "conversions_empty.csv").read_bytes() == stats.path.read_bytes()
 
 
-def _server(request: pytest.FixtureRequest, name: str) -> Any:
-    """A servers fixture, or a skip while the shared filesystem layer is still being built."""
-    import csvbridge.filesystems as filesystems
-
-    if not all(hasattr(filesystems, n) for n in ("filesystem_for", "put_atomic")):
-        pytest.skip("csvbridge.filesystems does not provide filesystem_for/put_atomic yet")
-    try:
-        return request.getfixturevalue(name)
-    except pytest.FixtureLookupError:
-        pytest.skip(f"the {name} fixture (tests/plugins/servers.py) does not exist yet")
+def test_feed_replaces_a_file_of_the_same_name(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "conversions.csv").write_text("old")
+    stats = write_feed([conversion()], tmp_path / "conversions.csv")
+    assert deliver_feed(stats.path, FeedSettings(target=target.as_uri()), rows=stats.rows)
+    assert [p.name for p in target.iterdir()] == ["conversions.csv"]
+    assert (target / "conversions.csv").read_bytes() == stats.path.read_bytes()
 
 
 def _big_feed(tmp_path: Path) -> Path:
@@ -479,14 +473,14 @@ def _upload_while_watching(local: Path, settings: FeedSettings, remote_dir: Path
     assert len(observations) > 3
 
 
-def test_upload_to_ftp_is_atomic(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    server = _server(request, "ftp_server")
+def test_upload_to_ftp_is_atomic(tmp_path: Path, ftp_server: Any) -> None:
+    server = ftp_server
     settings = FeedSettings(target=server.url, username=server.username, password=server.password)
     _upload_while_watching(_big_feed(tmp_path), settings, Path(server.root))
 
 
-def test_upload_to_sftp_is_atomic(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    server = _server(request, "sftp_server")
+def test_upload_to_sftp_is_atomic(tmp_path: Path, sftp_server: Any) -> None:
+    server = sftp_server
     settings = FeedSettings(
         target=server.url,
         username=server.username,
