@@ -28,21 +28,33 @@ sys.path.insert(0, str(ROOT))
 
 from csvbridge.models import TEMPLATE_HEADER  # noqa: E402
 
-CITIES = [("Paris", "75009", "Ile-de-France", "FR", "France", 48.857764, 2.33935),
-          ("Lyon", "69002", "Auvergne-Rhone-Alpes", "FR", "France", 45.764043, 4.835659),
-          ("Berlin", "10115", "Berlin", "DE", "Germany", 52.520008, 13.404954),
-          ("Madrid", "28001", "Madrid", "ES", "Spain", 40.416775, -3.703790),
-          ("Bourg-en-Bresse", "01000", "Auvergne-Rhone-Alpes", "FR", "France", 46.2052, 5.2255)]
-PRODUCTS = [(f"SKU-{i:06d}", name, cat)
-            for i, (name, cat) in enumerate(
-                (f"{adj} {noun}", cat)
-                for adj in ("White", "Black", "Red", "Large", "Small", "Vintage", "Eco", "Pro")
-                for noun, cat in (("Mug", "Kitchen"), ("T-shirt", "Apparel"), ("Lamp", "Home"),
-                                  ("Backpack", "Bags"), ("Notebook", "Office"),
-                                  ("Sneakers", "Shoes"), ("Teapot", "Kitchen"),
-                                  ("Poster", "Decor"), ("Scarf", "Apparel"),
-                                  ("Candle", "Home"))
-            )]
+CITIES = [
+    ("Paris", "75009", "Ile-de-France", "FR", "France", 48.857764, 2.33935),
+    ("Lyon", "69002", "Auvergne-Rhone-Alpes", "FR", "France", 45.764043, 4.835659),
+    ("Berlin", "10115", "Berlin", "DE", "Germany", 52.520008, 13.404954),
+    ("Madrid", "28001", "Madrid", "ES", "Spain", 40.416775, -3.703790),
+    ("Bourg-en-Bresse", "01000", "Auvergne-Rhone-Alpes", "FR", "France", 46.2052, 5.2255),
+]
+PRODUCTS = [
+    (f"SKU-{i:06d}", name, cat)
+    for i, (name, cat) in enumerate(
+        (f"{adj} {noun}", cat)
+        for adj in ("White", "Black", "Red", "Large", "Small", "Vintage", "Eco", "Pro")
+        for noun, cat in (
+            ("Mug", "Kitchen"),
+            ("T-shirt", "Apparel"),
+            ("Lamp", "Home"),
+            ("Backpack", "Bags"),
+            ("Notebook", "Office"),
+            ("Sneakers", "Shoes"),
+            ("Teapot", "Kitchen"),
+            ("Poster", "Decor"),
+            ("Scarf", "Apparel"),
+            ("Candle", "Home"),
+        )
+    )
+]
+CATALOG_PRICE = {sku: f"{5 + (i * 37) % 110}.99" for i, (sku, _, _) in enumerate(PRODUCTS)}
 STATUSES = ["delivered", "shipped", "in_progress", "pending", "canceled", "returned"]
 PAYMENTS = ["card", "online_payment_system", "by_invoice", "coupon", "other"]
 
@@ -68,42 +80,63 @@ def conversion_rows(n_conv: int, rnd: random.Random) -> list[list[str]]:
         items.append((f"{cid}-{k + 1}", sku, name, cat, price, qty))
     shipping = rnd.choice((0, 4.99, 9.9))
     conv = {
-        "id": cid, "user.user_email": email, "consent_categories": rnd.choice(("1|3", "1", "2|3|4")),
-        "type": rnd.choice(("online", "offline")), "status": rnd.choice(STATUSES),
-        "created": created, "updated": created, "acknowledged": rnd.choice(("true", "false")),
-        "currency": "EUR", "comment": comment, "shipping_provider": rnd.choice(("UPS", "DHL", "La Poste")),
+        "id": cid,
+        "user.user_email": email,
+        "consent_categories": rnd.choice(("1|3", "1", "2|3|4")),
+        "type": rnd.choice(("online", "offline")),
+        "status": rnd.choice(STATUSES),
+        "created": created,
+        "updated": created,
+        "acknowledged": rnd.choice(("true", "false")),
+        "currency": "EUR",
+        "comment": comment,
+        "shipping_provider": rnd.choice(("UPS", "DHL", "La Poste")),
         "shipping_tracking_code": f"TRK{rnd.randrange(10**10):010d}",
         "payment_method": rnd.choice(PAYMENTS),
-        "original_amount": f"{total + shipping:.2f}", "shipping_amount": str(shipping),
-        "tax_amount": f"{total * 0.2:.2f}", "final_amount": f"{total + shipping:.2f}",
+        "original_amount": f"{total + shipping:.2f}",
+        "shipping_amount": str(shipping),
+        "tax_amount": f"{total * 0.2:.2f}",
+        "final_amount": f"{total + shipping:.2f}",
     }
     for kind in ("billing_address", "contact_address", "shipping_address"):
-        conv.update({
-            f"{kind}.country": city[4], f"{kind}.iso_country_code": city[3],
-            f"{kind}.region": city[2], f"{kind}.locality": city[0],
-            f"{kind}.postal_code": city[1], f"{kind}.recipient": f"Customer {n_conv}",
-            f"{kind}.street_address": f"{rnd.randint(1, 200)} Rue de la Paix",
-            f"{kind}.label": "home",
-            f"{kind}.coordinates.latitude": str(city[5]),
-            f"{kind}.coordinates.longitude": str(city[6]),
-        })
+        conv.update(
+            {
+                f"{kind}.country": city[4],
+                f"{kind}.iso_country_code": city[3],
+                f"{kind}.region": city[2],
+                f"{kind}.locality": city[0],
+                f"{kind}.postal_code": city[1],
+                f"{kind}.recipient": f"Customer {n_conv}",
+                f"{kind}.street_address": f"{rnd.randint(1, 200)} Rue de la Paix",
+                f"{kind}.label": "home",
+                f"{kind}.coordinates.latitude": str(city[5]),
+                f"{kind}.coordinates.longitude": str(city[6]),
+            }
+        )
     rows = []
     for item_id, sku, name, cat, price, qty in items:
         item = {
-            "conversion_items.id": item_id, "conversion_items.original_quantity": str(qty),
+            "conversion_items.id": item_id,
+            "conversion_items.original_quantity": str(qty),
             "conversion_items.final_quantity": str(qty),
             "conversion_items.original_amount": f"{price * qty:.2f}",
             "conversion_items.final_amount": f"{price * qty:.2f}",
-            "conversion_items.price": f"{price:.2f}", "conversion_items.original_item": "true",
-            "conversion_items.product.id": sku, "conversion_items.product.name": name,
+            "conversion_items.price": f"{price:.2f}",
+            "conversion_items.original_item": "true",
+            "conversion_items.product.id": sku,
+            "conversion_items.product.name": name,
             "conversion_items.product.description": f"{name}: a fine product for every day.",
-            "conversion_items.product.category_1": cat, "conversion_items.product.category_2": "All",
-            "conversion_items.product.tags": "new|popular", "conversion_items.product.condition": "new",
+            "conversion_items.product.category_1": cat,
+            "conversion_items.product.category_2": "All",
+            "conversion_items.product.tags": "new|popular",
+            "conversion_items.product.condition": "new",
             "conversion_items.product.availability": "in_stock",
-            "conversion_items.product.price": f"{price:.2f}", "conversion_items.product.currency": "EUR",
+            "conversion_items.product.price": CATALOG_PRICE[sku],
+            "conversion_items.product.currency": "EUR",
             "conversion_items.product.image_link": f"https://shop.example.com/img/{sku}.jpg",
             "conversion_items.product.link": f"https://shop.example.com/p/{sku}",
-            "conversion_items.product.brand": "Example", "conversion_items.product.colors": "white|red",
+            "conversion_items.product.brand": "Example",
+            "conversion_items.product.colors": "white|red",
             "conversion_items.product.gtin": f"{3000000000000 + int(sku[4:]):013d}",
             "conversion_items.product.mpn": f"MPN{sku[4:]}",
         }
@@ -177,16 +210,29 @@ def main() -> None:
         if not src.exists():
             t = time.perf_counter()
             n = generate(src, args.rows, grouped=layout == "grouped")
-            print(f"generated {n} rows ({src.stat().st_size / 1e6:.0f} MB) in "
-                  f"{time.perf_counter() - t:.1f} s: {src}")
+            print(
+                f"generated {n} rows ({src.stat().st_size / 1e6:.0f} MB) in "
+                f"{time.perf_counter() - t:.1f} s: {src}"
+            )
         out = folder / f"out-{layout}.ndjson"
-        cmd = [sys.executable, "-m", "csvbridge", "convert", str(src), "-o", str(out),
-               "--report", str(folder / f"report-{layout}.json")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "csvbridge",
+            "convert",
+            str(src),
+            "-o",
+            str(out),
+            "--report",
+            str(folder / f"report-{layout}.json"),
+        ]
         seconds, peak_sum, peak_one, code = measure(cmd)
         lines = sum(1 for _ in open(out, "rb")) if out.exists() else 0
-        print(f"{layout:9s}: {args.rows} rows in {seconds:.2f} s = {args.rows / seconds:,.0f} "
-              f"rows/s; {lines} conversions written; peak RSS {peak_sum / 2**20:.0f} MB "
-              f"(all processes), {peak_one / 2**20:.0f} MB (largest); exit {code}")
+        print(
+            f"{layout:9s}: {args.rows} rows in {seconds:.2f} s = {args.rows / seconds:,.0f} "
+            f"rows/s; {lines} conversions written; peak RSS {peak_sum / 2**20:.0f} MB "
+            f"(all processes), {peak_one / 2**20:.0f} MB (largest); exit {code}"
+        )
 
 
 if __name__ == "__main__":

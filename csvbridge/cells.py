@@ -35,7 +35,7 @@ FALSE = {"false", "0", "no"}
 # Identifier-like fields a spreadsheet may have turned into numbers.
 IDENTIFIER_FIELDS = ("id", "gtin", "mpn", "postal_code")
 
-CACHE_LIMIT = 8192  # per column; cleared when full, so memory stays flat
+CACHE_LIMIT = 2048  # per column; cleared when full, so memory stays flat
 
 
 class CellError(ValueError):
@@ -237,17 +237,27 @@ def _identifier_guard(inner: Codec, leaf: str) -> Codec:
 
 
 class CachedCodec:
-    """A codec with a bounded per-column memo of verdicts (bytes, Flagged or CellError)."""
+    """A codec with a bounded per-column memo of verdicts.
 
-    __slots__ = ("codec", "cache")
+    The memo holds the finished JSON member (``"key":value`` bytes), a `Flagged` value,
+    or the `CellError`, so a repeated cell costs one dict lookup and no allocation.
+    """
 
-    def __init__(self, codec: Codec) -> None:
+    __slots__ = ("codec", "cache", "prefix")
+
+    def __init__(self, codec: Codec, key: str = "") -> None:
         self.codec = codec
+        self.prefix = orjson.dumps(key) + b":" if key else b""
         self.cache: dict[str, bytes | Flagged | CellError] = {}
 
     def __call__(self, raw: str) -> bytes | Flagged | CellError:
+        result: bytes | Flagged | CellError
         try:
-            result: bytes | Flagged | CellError = self.codec(raw)
+            out = self.codec(raw)
+            if isinstance(out, Flagged):
+                result = Flagged(self.prefix + out.json, out.code, out.detail)
+            else:
+                result = self.prefix + out
         except CellError as exc:
             result = exc
         cache = self.cache

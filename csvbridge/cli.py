@@ -85,8 +85,11 @@ def _add_convert_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delimiter", help="force the delimiter (default: detect)")
     p.add_argument("--decimal-comma", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--kind", choices=("conversions", "products"), default="conversions")
-    p.add_argument("--products-from-conversions", action="store_true",
-                   help="extract the distinct products of a conversions export")
+    p.add_argument(
+        "--products-from-conversions",
+        action="store_true",
+        help="extract the distinct products of a conversions export",
+    )
     p.add_argument("--workers", type=int, help="worker processes (default: one per CPU)")
     p.add_argument("--config", type=Path, help="csvbridge config file (YAML)")
 

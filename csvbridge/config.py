@@ -158,9 +158,7 @@ def _expand(value: Any, env: dict[str, str]) -> Any:
     return value
 
 
-def load_settings(
-    path: str | Path | None = None, env: dict[str, str] | None = None
-) -> Settings:
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
     """Read YAML (optional), expand ``${VAR}``, apply env overrides, validate.
 
     Relative paths inside the file (mapping, ledger, keys) are taken relative to the

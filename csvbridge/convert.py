@@ -157,51 +157,77 @@ def _runs(rows: list[Row], plan: Plan, transform: RowTransform | None, ncols: in
     id_col = plan.id_col
     per_row = plan.kind == "products"
     current: Run | None = None
+    current_id: str | None = None
     for row in rows:
-        pre: list[Problem] = []
-        cells = row.cells
-        if len(cells) != ncols:
-            pre.append(
-                Problem(
-                    "ROW_LENGTH_MISMATCH",
-                    f"row has {len(cells)} cells but the header has {ncols}; "
-                    "check the delimiter and quoting of this line",
-                    None,
-                    (row.line,),
-                )
-            )
-            cells = (cells + [""] * ncols)[:ncols]
-        if transform is not None:
-            cells = transform.fn(cells)
-            if transform.errors:
-                for i, err in transform.errors:
-                    pre.append(
-                        Problem(err.code, err.detail, transform.paths[i], (row.line,), None,
-                                transform.sources[i], row.cells[i] if False else None)
-                    )
-                transform.errors.clear()
-        if pre or transform is not None:
-            row = Row(row.line, cells) if not pre else Row(row.line, cells)
-        cid = cells[id_col] or None
-        for p in pre:
-            p.id = cid
+        pre: list[Problem] | None = None
+        if len(row.cells) != ncols or transform is not None:
+            row, pre = _prepare(row, ncols, transform)
+        cid = row.cells[id_col] or None
         if pre:
-            row = Row(row.line, cells)
-        if current is not None and cid is not None and cid == current.id and not per_row:
-            current.rows.append(row)
-            current.pre.extend(pre)
+            for p in pre:
+                p.id = cid
+        if cid is not None and cid == current_id and not per_row:
+            current.rows.append(row)  # type: ignore[union-attr]
+            if pre:
+                current.pre.extend(pre)  # type: ignore[union-attr]
         else:
-            current = Run(cid, [row], pre)
+            current = Run(cid, [row], pre or [])
+            current_id = cid
             runs.append(current)
     return runs
+
+
+def _prepare(row: Row, ncols: int, transform: RowTransform | None) -> tuple[Row, list[Problem]]:
+    """Pad a ragged row (and flag it), and apply the mapping; collect the problems."""
+    pre: list[Problem] = []
+    cells = row.cells
+    if len(cells) != ncols:
+        pre.append(
+            Problem(
+                "ROW_LENGTH_MISMATCH",
+                f"row has {len(cells)} cells but the header has {ncols}; "
+                "check the delimiter and quoting of this line",
+                None,
+                (row.line,),
+            )
+        )
+        cells = (cells + [""] * ncols)[:ncols]
+    if transform is not None:
+        original = cells
+        cells = transform.fn(cells)
+        for i, err in transform.errors:
+            pre.append(
+                Problem(
+                    err.code,
+                    err.detail,
+                    transform.paths[i],
+                    (row.line,),
+                    None,
+                    transform.sources[i],
+                    _source_value(original, transform, i),
+                )
+            )
+        transform.errors.clear()
+    return Row(row.line, cells), pre
+
+
+def _source_value(cells: list[str], transform: RowTransform, i: int) -> str | None:
+    col = transform.source_cols[i]
+    return cells[col] if col is not None else None
 
 
 def _build_run(run: Run, plan: Plan) -> Built:
     if run.id is None:
         line = run.rows[0].line
         problems = run.pre + [
-            Problem("MISSING_REQUIRED_PROPERTY", "should have required property 'id'", "id",
-                    (line,), None, plan.sources[plan.id_col])
+            Problem(
+                "MISSING_REQUIRED_PROPERTY",
+                "should have required property 'id'",
+                "id",
+                (line,),
+                None,
+                plan.sources[plan.id_col],
+            )
         ]
         return Built(None, problems, len(run.rows), tuple(r.line for r in run.rows))
     built = plan.build(run.rows)
@@ -217,20 +243,21 @@ def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResul
     plan, transform, spec = _WORKER
     parsed = parse_chunk(data, first_line, spec.dialect)
     ncols = len(spec.header)
-    if parsed.bad_encoding:
-        bad = set(parsed.bad_encoding)
-    else:
-        bad = set()
+    bad = set(parsed.bad_encoding) if parsed.bad_encoding else set()
     runs = _runs(parsed.rows, plan, transform, ncols)
     if bad:
         for run in runs:
             for r in run.rows:
                 if r.line in bad:
                     run.pre.append(
-                        Problem("ENCODING_ERROR",
-                                f"bytes that are not valid {spec.dialect.encoding}; "
-                                "re-export the file as UTF-8",
-                                None, (r.line,), run.id)
+                        Problem(
+                            "ENCODING_ERROR",
+                            f"bytes that are not valid {spec.dialect.encoding}; "
+                            "re-export the file as UTF-8",
+                            None,
+                            (r.line,),
+                            run.id,
+                        )
                     )
     out = Output()
     seen: set[str] = set()
@@ -243,8 +270,9 @@ def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResul
             seen.add(run.id)
             run_ids.append(run.id)
     if mode == "runs":
-        return ChunkResult(out, len(parsed.rows), parsed.blank, None, None, run_ids, dup,
-                           parsed.boundary_ok, runs)
+        return ChunkResult(
+            out, len(parsed.rows), parsed.blank, None, None, run_ids, dup, parsed.boundary_ok, runs
+        )
     head = tail = None
     inner = runs
     if plan.kind != "products" and runs:
@@ -254,8 +282,9 @@ def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResul
     seen_products: set[str] | None = None
     for run in inner:
         out.add(_build_run(run, plan), seen_products)
-    return ChunkResult(out, len(parsed.rows), parsed.blank, head, tail, run_ids, dup,
-                       parsed.boundary_ok)
+    return ChunkResult(
+        out, len(parsed.rows), parsed.blank, head, tail, run_ids, dup, parsed.boundary_ok
+    )
 
 
 def _build_task(groups: list[Run]) -> Output:
@@ -303,9 +332,7 @@ class _Writer:
         r = self.report
         if out.ndjson:
             self.nd.write(b"\n".join(out.ndjson) + b"\n")
-            self.ix.write(
-                "".join(f"{i}\t{','.join(map(str, lines))}\n" for i, lines in out.index)
-            )
+            self.ix.write("".join(f"{i}\t{','.join(map(str, lines))}\n" for i, lines in out.index))
         for lines, reason in out.rejected:
             self.rj.write(f"{','.join(map(str, lines))}\t{reason}\n")
         r.problems.extend(out.problems)
@@ -380,34 +407,54 @@ def convert(
         date_formats=tuple(opts.date_formats) if opts else (),
         strict=settings.strict,
     )
-    spec = Spec(header, dialect, kind, options, settings.conflict, mapping,
-                products_from_conversions)
+    spec = Spec(
+        header, dialect, kind, options, settings.conflict, mapping, products_from_conversions
+    )
     plan, _ = spec.compile()  # fails early (missing columns) before any worker starts
     report = Report(file=label, kind=kind)
-    report.dialect = {**dialect.as_dict(), "decimal_comma": decimal_comma,
-                      "columns": len(header)}
+    report.dialect = {**dialect.as_dict(), "decimal_comma": decimal_comma, "columns": len(header)}
     if not products_from_conversions:
         for col, reason in plan.ignored:
             report.problems.add(
-                Problem("IGNORED_COLUMN", f"column ignored: {reason}", plan.paths[col] or None,
-                        (1,), None, plan.sources[col], warning=True)
+                Problem(
+                    "IGNORED_COLUMN",
+                    f"column ignored: {reason}",
+                    plan.paths[col] or None,
+                    (1,),
+                    None,
+                    plan.sources[col],
+                    warning=True,
+                )
             )
     workers = settings.workers or os.cpu_count() or 1
-    engine = _Engine(spec, plan, Path(source), work, report, workers, chunk_bytes,
-                     products_from_conversions)
+    engine = _Engine(
+        spec, plan, Path(source), work, report, workers, chunk_bytes, products_from_conversions
+    )
     engine.run()
     report.duration_seconds = time.monotonic() - started
     report.outputs = {"ndjson": str(work / "objects.ndjson")}
-    return Converted(report, work / "objects.ndjson", work / "objects.index",
-                     work / "rejected.tsv")
+    return Converted(report, work / "objects.ndjson", work / "objects.index", work / "rejected.tsv")
 
 
 class _Engine:
-    def __init__(self, spec: Spec, plan: Plan, path: Path, work: Path, report: Report,
-                 workers: int, chunk_bytes: int, dedupe: bool) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        plan: Plan,
+        path: Path,
+        work: Path,
+        report: Report,
+        workers: int,
+        chunk_bytes: int,
+        dedupe: bool,
+    ) -> None:
         self.spec, self.plan, self.path, self.work = spec, plan, path, work
         self.report, self.workers, self.chunk_bytes, self.dedupe = (
-            report, workers, chunk_bytes, dedupe)
+            report,
+            workers,
+            chunk_bytes,
+            dedupe,
+        )
         self.pool: ProcessPoolExecutor | None = None
 
     def run(self) -> None:
@@ -415,8 +462,10 @@ class _Engine:
         size = self.path.stat().st_size
         if self.workers > 1 and size > 2 * self.chunk_bytes:
             self.pool = ProcessPoolExecutor(
-                self.workers, mp_context=get_context("fork"),
-                initializer=_init_worker, initargs=(self.spec,),
+                self.workers,
+                mp_context=get_context("fork"),
+                initializer=_init_worker,
+                initargs=(self.spec,),
             )
         notes: list[Problem] = []
         try:
@@ -426,20 +475,32 @@ class _Engine:
                     if attempt == "grouped":
                         self._grouped(writer)
                     else:  # "single": one piece, for files whose quotes defeat chunking
-                        self._regroup(writer, self.chunk_bytes if attempt == "regroup"
-                                      else 1 << 62)
+                        self._regroup(writer, self.chunk_bytes if attempt == "regroup" else 1 << 62)
                     return
                 except _Ungrouped:
-                    notes.append(Problem(
-                        "UNGROUPED_FILE",
-                        "rows of some conversions are not consecutive; the file was "
-                        "regrouped by conversion id (on disk, bounded memory)",
-                        None, (), None, warning=True))
+                    notes.append(
+                        Problem(
+                            "UNGROUPED_FILE",
+                            "rows of some conversions are not consecutive; the file was "
+                            "regrouped by conversion id (on disk, bounded memory)",
+                            None,
+                            (),
+                            None,
+                            warning=True,
+                        )
+                    )
                 except _Boundary:
-                    notes.append(Problem(
-                        "UNBALANCED_QUOTES",
-                        "a quote character inside an unquoted field; the file was read "
-                        "in one piece", None, (), None, warning=True))
+                    notes.append(
+                        Problem(
+                            "UNBALANCED_QUOTES",
+                            "a quote character inside an unquoted field; the file was read "
+                            "in one piece",
+                            None,
+                            (),
+                            None,
+                            warning=True,
+                        )
+                    )
                     writer.close()
                     writer = _Writer(self.work, self._reset(notes), self.dedupe)
                     self._regroup(writer, 1 << 62)
@@ -466,8 +527,12 @@ class _Engine:
 
     def _chunks(self, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
         spec = self.spec
-        with CsvFile(self.path, name=self.report.file, encoding=spec.dialect.encoding,
-                     delimiter=spec.dialect.delimiter) as csvf:
+        with CsvFile(
+            self.path,
+            name=self.report.file,
+            encoding=spec.dialect.encoding,
+            delimiter=spec.dialect.delimiter,
+        ) as csvf:
             yield from csvf.chunks(chunk_bytes)
 
     def _map(self, fn: Any, items: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
@@ -493,14 +558,17 @@ class _Engine:
         ids = _IdSet(self.work / "ids.sqlite")
         carry: Run | None = None
         try:
-            for res in self._map(_chunk_task, ((d, line) for d, line in
-                                               self._chunks(self.chunk_bytes))):
+            for res in self._map(
+                _chunk_task, ((d, line) for d, line in self._chunks(self.chunk_bytes))
+            ):
                 if not res.boundary_ok:
                     raise _Boundary
                 rep.rows_read += res.rows + res.blank
                 rep.rows_skipped += res.blank
                 if plan.kind == "products":
-                    writer.write(res.out) if not self.dedupe else self._dedupe_write(writer, res.out)
+                    writer.write(res.out) if not self.dedupe else self._dedupe_write(
+                        writer, res.out
+                    )
                     continue
                 fresh = res.run_ids
                 if carry is not None and fresh and carry.id is not None and fresh[0] == carry.id:
@@ -537,8 +605,9 @@ class _Engine:
         """Products from conversions: keep the first occurrence of each product id."""
         seen = writer.seen_products
         assert seen is not None
-        keep = Output(rejected=out.rejected, problems=out.problems, rows_bad=out.rows_bad,
-                      bad=out.bad)
+        keep = Output(
+            rejected=out.rejected, problems=out.problems, rows_bad=out.rows_bad, bad=out.bad
+        )
         for line, (pid, lines) in zip(out.ndjson, out.index, strict=True):
             if pid in seen:
                 keep.rows_dup += len(lines)
@@ -565,11 +634,11 @@ class _Engine:
                 "CREATE TABLE runs(id TEXT NOT NULL, line INTEGER NOT NULL, data BLOB);"
             )
             alone = 0
-            for res in self._map(_chunk_task, ((d, line, "runs") for d, line in
-                                               self._chunks(chunk_bytes))):
+            for res in self._map(
+                _chunk_task, ((d, line, "runs") for d, line in self._chunks(chunk_bytes))
+            ):
                 if not res.boundary_ok:
-                    raise InputError("unbalanced quotes: a quoted field never ends",
-                                     file=rep.file)
+                    raise InputError("unbalanced quotes: a quoted field never ends", file=rep.file)
                 rep.rows_read += res.rows + res.blank
                 rep.rows_skipped += res.blank
                 batch = []
@@ -654,8 +723,9 @@ def read_records(ndjson: Path, index: Path) -> Iterator[Record]:
     with open(ndjson, "rb") as nd, open(index, encoding="utf-8") as ix:
         for line, meta in zip(nd, ix, strict=True):
             rid, _, lines = meta.rstrip("\n").partition("\t")
-            yield Record(rid, line.rstrip(b"\n"),
-                         tuple(int(x) for x in lines.split(",")) if lines else ())
+            yield Record(
+                rid, line.rstrip(b"\n"), tuple(int(x) for x in lines.split(",")) if lines else ()
+            )
 
 
 __all__ = ["CellError", "Converted", "Spec", "convert", "read_records"]
@@ -715,8 +785,14 @@ def convert_file(
     """
     with tempfile.TemporaryDirectory(prefix="csvbridge-") as tmp:
         work = Path(tmp)
-        done = convert(source, work, kind=kind, settings=settings, mapping=mapping,
-                       products_from_conversions=products_from_conversions)
+        done = convert(
+            source,
+            work,
+            kind=kind,
+            settings=settings,
+            mapping=mapping,
+            products_from_conversions=products_from_conversions,
+        )
         report = done.report
         if to == "feed":
             from csvbridge.sinks.feed import write_feed

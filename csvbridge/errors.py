@@ -61,9 +61,7 @@ class ApiError(CsvBridgeError):
 class ApiTransientError(ApiError, TransientError):
     """429, 5xx, connection reset, timeout: retried with backoff."""
 
-    def __init__(
-        self, message: str, *, retry_after: float | None = None, **kwargs: object
-    ) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.retry_after = retry_after
 

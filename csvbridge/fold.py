@@ -167,9 +167,7 @@ class Plan:
         if self.kind == "products":
             missing = [] if "id" in have else ["id"]
         else:
-            missing = [
-                p for p in ("id", "type", "status", "created", "currency") if p not in have
-            ]
+            missing = [p for p in ("id", "type", "status", "created", "currency") if p not in have]
             if not any(p.startswith("user.") for p in have):
                 missing.append("user.email (or another user.* column)")
             for p in ("conversion_items.original_quantity", "conversion_items.product.id"):
@@ -180,7 +178,8 @@ class Plan:
                 self.item_id_from_product = True
         if missing:
             raise InputError(
-                "required column missing: " + ", ".join(missing)
+                "required column missing: "
+                + ", ".join(missing)
                 + " (map it with --mapping, or name the column as in the documented header)"
             )
 
@@ -196,10 +195,23 @@ class Plan:
         return root
 
     def _generate(self, name: str, root: _Node, *, top: bool) -> Callable[..., Any]:
-        """Generate ``def name(c, P) -> list[bytes]`` writing the members of `root`."""
+        """Generate ``def name(c, P) -> list[bytes]`` writing the members of `root`.
+
+        Each leaf is a memoised codec lookup.  Each nested object (an address, a
+        product, a custom object) is memoised as a whole on the tuple of its cells:
+        the same product or address repeats on many rows, and then costs one lookup.
+        Objects that produced a problem are not memoised, so every occurrence is
+        reported with its own line.
+        """
         lines = [f"def {name}(c, P):"]
         env: dict[str, Any] = {"_flag": _flag}
         counter = [0]
+
+        def columns(node: _Node) -> list[int]:
+            cols: list[int] = []
+            for _, m in node.members:
+                cols.extend(columns(m) if isinstance(m, _Node) else [m])
+            return cols
 
         def emit(node: _Node, var: str, depth: int) -> None:
             pad = "    " * depth
@@ -207,27 +219,42 @@ class Plan:
             for key, member in node.members:
                 if isinstance(member, _Node):
                     counter[0] += 1
-                    sub = f"o{counter[0]}"
-                    emit(member, sub, depth)
+                    n = counter[0]
+                    cols = columns(member)
                     k = orjson.dumps(key) + b":{"
-                    lines.append(
-                        f"{pad}if {sub}: {var}.append({k!r} + b','.join({sub}) + b'}}')"
+                    env[f"G{n}"] = (
+                        operator.itemgetter(*cols) if len(cols) > 1 else (lambda c, i=cols[0]: c[i])
                     )
+                    env[f"M{n}"] = {}
+                    lines.append(f"{pad}g = G{n}(c)")
+                    lines.append(f"{pad}s{n} = M{n}.get(g)")
+                    lines.append(f"{pad}if s{n} is None:")
+                    lines.append(f"{pad}    p{n} = len(P)")
+                    emit(member, f"o{n}", depth + 1)
+                    lines.append(
+                        f"{pad}    s{n} = {k!r} + b','.join(o{n}) + b'}}' if o{n} else b''"
+                    )
+                    lines.append(f"{pad}    if len(P) == p{n}:")
+                    lines.append(f"{pad}        if len(M{n}) >= {SEGMENT_CACHE}: M{n}.clear()")
+                    lines.append(f"{pad}        M{n}[g] = s{n}")
+                    lines.append(f"{pad}if s{n}: {var}.append(s{n})")
                     continue
                 col = member
-                env[f"K{col}"] = self.codecs[col].cache
-                env[f"F{col}"] = self.codecs[col]
-                k = orjson.dumps(key) + b":"
+                codec = self.codecs[col]
+                codec.prefix = orjson.dumps(key) + b":"
+                env[f"K{col}"] = codec.cache
+                env[f"F{col}"] = codec
                 lines.append(f"{pad}v = c[{col}]")
                 lines.append(f"{pad}if v:")
                 lines.append(f"{pad}    r = K{col}.get(v)")
                 lines.append(f"{pad}    if r is None: r = F{col}(v)")
                 lines.append(f"{pad}    if r.__class__ is not bytes: r = _flag({col}, r, P)")
-                lines.append(f"{pad}    {var}.append({k!r} + r)")
+                lines.append(f"{pad}    {var}.append(r)")
 
         emit(root, "out", 1)
         lines.append("    return out")
         source = "\n".join(lines)
+        self.generated = getattr(self, "generated", "") + source + "\n\n"
         exec(compile(source, f"<csvbridge plan {name}>", "exec"), env)  # noqa: S102
         return env[name]  # type: ignore[no-any-return]
 
@@ -323,7 +350,9 @@ class Plan:
         if any(not p.warning for p in problems):
             return Built(None, problems, len(rows), lines, cid)
         members.append(b'"conversion_items":[' + b",".join(items) + b"]")
-        return Built(Record(cid, b"{" + b",".join(members) + b"}", lines), problems, len(rows), lines, cid)
+        return Built(
+            Record(cid, b"{" + b",".join(members) + b"}", lines), problems, len(rows), lines, cid
+        )
 
     def _check_conflicts(self, rows: list[Row], cid: str, problems: list[Problem]) -> Row | None:
         key = self._conv_key
@@ -374,20 +403,39 @@ class Plan:
         for col, r in P:
             if isinstance(r, Flagged):
                 out.append(
-                    Problem(r.code, r.detail, self.paths[col], (line,), cid,
-                            self.sources[col], cells[col], warning=not strict)
+                    Problem(
+                        r.code,
+                        r.detail,
+                        self.paths[col],
+                        (line,),
+                        cid,
+                        self.sources[col],
+                        cells[col],
+                        warning=not strict,
+                    )
                 )
             else:
                 out.append(
-                    Problem(r.code, r.detail, self.paths[col], (line,), cid, self.sources[col],
-                            cells[col])
+                    Problem(
+                        r.code,
+                        r.detail,
+                        self.paths[col],
+                        (line,),
+                        cid,
+                        self.sources[col],
+                        cells[col],
+                    )
                 )
         return out
 
 
 def _flag(col: int, r: Any, P: list[tuple[int, Any]]) -> bytes:
+    """Record a flagged or invalid cell; the member written for it (null if invalid)."""
     P.append((col, r))
-    return r.json if isinstance(r, Flagged) else b"null"
+    return r.json if isinstance(r, Flagged) else b'"_":null'
+
+
+SEGMENT_CACHE = 4096  # memoised objects per nested path; cleared when full
 
 
 __all__ = ["Built", "CellError", "Plan", "Record", "classify", "normalize_header"]

@@ -125,9 +125,7 @@ def load_mapping(path: str | Path) -> Mapping:
     try:
         return Mapping.model_validate(raw)
     except ValidationError as exc:
-        msgs = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-        )
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid mapping: {msgs}", file=str(p)) from None
 
 
@@ -141,6 +139,7 @@ class RowTransform:
 
     paths: list[str]
     sources: list[str]  # human description of each target's source column(s)
+    source_cols: list[int | None]  # the (first) source column of each target
     fn: Callable[[list[str]], list[str]]
     errors: list[tuple[int, CellError]]  # filled per call: (target index, error)
 
@@ -164,10 +163,13 @@ def compile_mapping(mapping: Mapping, header: list[str], options: CodecOptions) 
     tz = options.tz()
     getters: list[Callable[[list[str]], str]] = []
     sources: list[str] = []
+    source_cols: list[int | None] = []
     paths = list(mapping.fields)
     for path, rules in mapping.fields.items():
         compiled = [_compile_rule(r, path, col, tz) for r in rules]
         sources.append(" / ".join(r.column or r.template or f"={r.value}" for r in rules))
+        first_col = next((r.column for r in rules if r.column), None)
+        source_cols.append(index.get(_norm(first_col)) if first_col else None)
         getters.append(_first_of(compiled, path))
 
     errors: list[tuple[int, CellError]] = []
@@ -182,7 +184,7 @@ def compile_mapping(mapping: Mapping, header: list[str], options: CodecOptions) 
                 out.append("")
         return out
 
-    return RowTransform(paths, sources, fn, errors)
+    return RowTransform(paths, sources, source_cols, fn, errors)
 
 
 class _Fallthrough(Exception):

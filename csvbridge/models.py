@@ -273,9 +273,7 @@ class Conversion(_Strict):
     tax_amount: Number | None = None
     final_amount: Number | None = None
     custom: Custom | None = None
-    conversion_items: Annotated[
-        list[ConversionItem], Field(min_length=1, max_length=MAX_ITEMS)
-    ]
+    conversion_items: Annotated[list[ConversionItem], Field(min_length=1, max_length=MAX_ITEMS)]
 
     @model_validator(mode="before")
     @classmethod
@@ -499,9 +497,7 @@ TEMPLATE_HEADER: tuple[str, ...] = (
 )
 
 # Product catalog feed: one line per product, the Product properties in schema order.
-PRODUCT_HEADER: tuple[str, ...] = tuple(
-    name for name in Product.model_fields if name != "custom"
-)
+PRODUCT_HEADER: tuple[str, ...] = tuple(name for name in Product.model_fields if name != "custom")
 
 # Header aliases: a documented column name -> the path it fills.
 HEADER_ALIASES = {"consent_categories": "user.consent_categories"}
