@@ -18,8 +18,11 @@ from csvbridge.report import Report
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
-def _convert_settings(args: argparse.Namespace) -> ConvertSettings:
-    base = load_settings(args.config).convert if args.config else ConvertSettings()
+def _convert_settings(
+    args: argparse.Namespace, base: ConvertSettings | None = None
+) -> ConvertSettings:
+    if base is None:
+        base = load_settings(args.config).convert if args.config else ConvertSettings()
     updates = {
         k: v
         for k, v in {
@@ -29,6 +32,7 @@ def _convert_settings(args: argparse.Namespace) -> ConvertSettings:
             "delimiter": args.delimiter,
             "workers": args.workers,
             "decimal_comma": args.decimal_comma,
+            "mapping": args.mapping,
         }.items()
         if v is not None
     }
@@ -59,6 +63,31 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not args.quiet:
         report.print_summary()
     return _exit_for(report)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from csvbridge.pipeline import send_file
+
+    settings = load_settings(args.config)
+    settings.convert = _convert_settings(args, settings.convert)
+    outcome = send_file(
+        args.input,
+        settings,
+        kind=args.kind,
+        sinks=[args.sink]
+        if args.sink in ("api", "feed")
+        else (["api", "feed"] if args.sink == "both" else None),
+        products_from_conversions=args.products_from_conversions,
+        dry_run=args.dry_run,
+        report_path=args.report,
+        rejects_path=args.rejects,
+    )
+    if not args.quiet:
+        outcome.report.print_summary()
+        for key in ("plan", "feed", "shipment_stopped"):
+            if key in outcome.report.outputs:
+                print(f"  {key}: {outcome.report.outputs[key]}", file=sys.stderr)
+    return outcome.exit_code
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
@@ -111,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     _add_convert_options(p)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("send", help="convert one CSV file and ship it (API and/or feed)")
+    p.add_argument("input", help="CSV file (.csv or .csv.gz), or - for stdin")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate and print the batch plan; send nothing"
+    )
+    p.add_argument(
+        "--sink",
+        choices=("api", "feed", "both"),
+        help="where to deliver (default: `sinks` in the config, else api)",
+    )
+    p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument("--rejects", type=Path, help="write rejected rows here (source dialect)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+    _add_convert_options(p)
+    p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("emulator", help="run the built-in bulk API emulator")
     p.add_argument("--host", default="127.0.0.1")

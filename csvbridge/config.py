@@ -125,6 +125,7 @@ class MetricsSettings(_Section):
 
 
 class Settings(_Section):
+    sinks: list[SinkName] = ["api"]  # for `csvbridge send`; each source has its own
     api: ApiSettings = ApiSettings()
     convert: ConvertSettings = ConvertSettings()
     feed: FeedSettings = FeedSettings()

@@ -71,9 +71,9 @@ class ApiTerminalError(ApiError, TerminalError):
 
 
 class AuthError(ApiTerminalError):
-    """401/403: wrong token or wrong site.  Stops the whole run."""
+    """401/403: wrong token or wrong site.  Stops the whole run (a configuration fix)."""
 
-    exit_code = 3
+    exit_code = 2
 
 
 class SourceUnavailable(TransientError):

@@ -1,0 +1,271 @@
+"""One file through the whole pipeline: convert, then ship (API) and/or write a feed.
+
+`process_file` is the unit of work shared by ``csvbridge send`` and by the drop runner.
+It converts into a work folder, then streams the valid objects to the sinks.  With a
+ledger, every batch the API answered is recorded before the next one is taken, and
+objects already accepted by an earlier attempt are not sent again — that is how a
+``kill -9`` in the middle of a file resumes without loss and without re-sending.
+
+The report accounts for every row: converted rows end up shipped, rejected by the API,
+or not shipped (yet); rejected rows carry their reason; blank rows are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from csvbridge.config import ConvertSettings, Settings
+from csvbridge.convert import Converted, convert, read_records, write_rejects
+from csvbridge.errors import AuthError, InputError
+from csvbridge.fold import Record
+from csvbridge.report import Problem, Report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What happened to one file, and where its artefacts are (local paths)."""
+
+    report: Report
+    status: str  # "done" | "failed" | "incomplete" (not everything shipped yet)
+    rejects: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.report.fatal:
+            return 2
+        if self.status == "incomplete":
+            return 3
+        return 1 if self.status == "failed" else 0
+
+
+class _Tally:
+    """Counts rows and objects of what the sinks did; records API rejections."""
+
+    def __init__(self, report: Report, rejected_out: Path) -> None:
+        self.report = report
+        self.rejected_out = rejected_out
+        self.lock = threading.Lock()
+
+    def accepted(self, records: list[Record]) -> None:
+        self.report.objects_shipped += len(records)
+        self.report.rows_shipped += sum(len(r.lines) for r in records)
+
+    def rejected(self, pairs: list[tuple[Record, list[Problem]]]) -> None:
+        r = self.report
+        with open(self.rejected_out, "a", encoding="utf-8") as f:
+            for record, problems in pairs:
+                r.objects_rejected_by_api += 1
+                r.rows_rejected_by_api += len(record.lines)
+                for p in problems:
+                    p.lines = p.lines or record.lines
+                    p.id = p.id or record.id
+                    r.problems.add(p)
+                first = problems[0] if problems else None
+                reason = f"API {first.code}: {first.detail}" if first else "rejected by the API"
+                f.write(f"{','.join(map(str, record.lines))}\t{reason}\n")
+
+
+def process_file(
+    path: Path,
+    work: Path,
+    settings: Settings,
+    *,
+    name: str | None = None,
+    kind: str = "conversions",
+    sinks: list[str] | None = None,
+    convert_settings: ConvertSettings | None = None,
+    products_from_conversions: bool = False,
+    dry_run: bool = False,
+    progress: bool | None = None,
+    stop: threading.Event | None = None,
+    accepted_before: set[str] | None = None,
+    on_accepted: Callable[[int, list[str], list[str]], None] | None = None,
+) -> Outcome:
+    """Convert `path` and deliver it; returns the outcome with a complete report.
+
+    ``accepted_before`` holds ids an earlier attempt already delivered (from the ledger);
+    ``on_accepted(batch_no, accepted_ids, rejected_ids)`` is called as soon as the API
+    answered a batch, so the caller can make it durable before anything else happens.
+    """
+    sinks = sinks or ["api"]
+    try:
+        done = convert(
+            path,
+            work,
+            kind=kind,
+            settings=convert_settings or settings.convert,
+            name=name or path.name,
+            products_from_conversions=products_from_conversions,
+        )
+    except InputError as exc:
+        report = Report(file=name or path.name, kind=kind, fatal=exc.message)
+        return Outcome(report, "failed")
+    report = done.report
+    if dry_run:
+        _plan(report, settings, sinks)
+        return Outcome(report, "failed" if report.objects_rejected else "done")
+    if "feed" in sinks:
+        _feed(done, settings, report)
+    incomplete = False
+    if "api" in sinks:
+        incomplete = _ship(
+            done, settings, report, kind, progress, stop, accepted_before or set(), on_accepted
+        )
+    elif "feed" in sinks:
+        report.objects_shipped = report.objects_valid
+        report.rows_shipped = report.rows_converted
+    rejects = None
+    if report.objects_rejected or report.objects_rejected_by_api:
+        rejects = work / "rejects.csv"
+        write_rejects(done, path, rejects)
+    if incomplete:
+        status = "incomplete"
+    elif report.objects_rejected or report.objects_rejected_by_api:
+        status = "failed"
+    else:
+        status = "done"
+    return Outcome(report, status, rejects)
+
+
+def _plan(report: Report, settings: Settings, sinks: list[str]) -> None:
+    from csvbridge.sinks.api import plan
+
+    if "api" in sinks:
+        p = plan(report.objects_valid, settings.api)
+        report.outputs["plan"] = p.describe()
+    if "feed" in sinks:
+        report.outputs["feed"] = f"would write a feed to {settings.feed.target}"
+
+
+def _feed(done: Converted, settings: Settings, report: Report) -> None:
+    import orjson
+
+    from csvbridge.sinks.feed import deliver_feed, feed_filename, write_feed
+
+    fs = settings.feed
+    local = done.ndjson.parent / feed_filename(fs.filename_template, report.kind, gzip=fs.gzip)
+
+    def objects() -> Iterator[dict[str, object]]:
+        with open(done.ndjson, "rb") as nd:
+            for line in nd:
+                yield orjson.loads(line)
+
+    stats = write_feed(objects(), local, report.kind, gzip=fs.gzip)  # type: ignore[arg-type]
+    remote = deliver_feed(local, fs, rows=stats.rows)
+    report.outputs["feed"] = (
+        f"{fs.target.rstrip('/')}/{remote}" if remote else "(empty: not uploaded)"
+    )
+
+
+def _ship(
+    done: Converted,
+    settings: Settings,
+    report: Report,
+    kind: str,
+    progress: bool | None,
+    stop: threading.Event | None,
+    accepted_before: set[str],
+    on_accepted: Callable[[int, list[str], list[str]], None] | None,
+) -> bool:
+    """Ship the valid objects; True when some were not shipped (retry later)."""
+    from csvbridge.sinks.api import BatchOutcome, ship
+
+    rejected_tsv = done.rejected
+    tally = _Tally(report, rejected_tsv)
+    fresh: list[Record] = []
+
+    def records() -> Iterator[Record]:
+        for rec in read_records(done.ndjson, done.index):
+            if rec.id in accepted_before:
+                tally.accepted([rec])  # shipped by an earlier attempt of this file
+                continue
+            yield rec
+
+    def on_batch(outcome: BatchOutcome) -> None:
+        if on_accepted is not None and (outcome.accepted or outcome.rejected):
+            on_accepted(
+                outcome.batch_no,
+                [r.id for r in outcome.accepted],
+                [r.id for r, _ in outcome.rejected],
+            )
+        tally.accepted(outcome.accepted)
+        if outcome.rejected:
+            tally.rejected(outcome.rejected)
+
+    try:
+        result = ship(
+            records(),
+            settings.api,
+            kind,  # type: ignore[arg-type]
+            on_batch=on_batch,
+            progress=progress,
+            stop=stop,
+            total=report.objects_valid - len(accepted_before),
+        )
+    except AuthError as exc:
+        result = getattr(exc, "result", None)
+        _not_shipped(report, result.not_shipped if result else fresh)
+        raise
+    _not_shipped(report, result.not_shipped)
+    report.outputs["shipment"] = result.summary()
+    if result.aborted:
+        report.outputs["shipment_stopped"] = result.aborted
+    return bool(result.not_shipped)
+
+
+def _not_shipped(report: Report, records: list[Record]) -> None:
+    report.objects_not_shipped = len(records)
+    report.rows_not_shipped = sum(len(r.lines) for r in records)
+
+
+def send_file(
+    source: str | Path,
+    settings: Settings,
+    *,
+    kind: str = "conversions",
+    sinks: list[str] | None = None,
+    products_from_conversions: bool = False,
+    dry_run: bool = False,
+    report_path: Path | None = None,
+    rejects_path: Path | None = None,
+    work_dir: Path | None = None,
+) -> Outcome:
+    """``csvbridge send``: convert one file and deliver it to the configured sinks."""
+    import shutil
+    import tempfile
+
+    if str(source) != "-" and not Path(source).exists():
+        raise InputError(f"no such file: {source}")
+    with tempfile.TemporaryDirectory(prefix="csvbridge-send-", dir=work_dir) as tmp:
+        work = Path(tmp)
+        src = Path(source)
+        if str(source) == "-":
+            import sys
+
+            src = work / "stdin.csv"
+            with open(src, "wb") as f:
+                shutil.copyfileobj(sys.stdin.buffer, f)
+        outcome = process_file(
+            src,
+            work / "work",
+            settings,
+            name=str(source),
+            kind=kind,
+            sinks=sinks or settings.sinks,
+            products_from_conversions=products_from_conversions,
+            dry_run=dry_run,
+        )
+        if rejects_path is not None and outcome.rejects is not None:
+            shutil.copyfile(outcome.rejects, rejects_path)
+            outcome.report.outputs["rejects"] = str(rejects_path)
+    outcome.report.outputs["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if report_path is not None:
+        Path(report_path).write_bytes(outcome.report.to_json())
+    return outcome
