@@ -204,7 +204,11 @@ def parse_remote_url(url: str, username: str | None = None) -> Location:
         host = parts.hostname
         port = parts.port or DEFAULT_PORTS[scheme]
     except ValueError:
-        raise ConfigError(f"malformed {scheme} URL (not shown: it may contain a secret)") from None
+        malformed = True  # raised below, outside this block: the ValueError quotes the URL
+    else:
+        malformed = False
+    if malformed:
+        raise ConfigError(f"malformed {scheme} URL (not shown: it may contain a secret)")
     if has_password:
         where = f"{scheme}://{parts.hostname or '?'}"
         raise ConfigError(

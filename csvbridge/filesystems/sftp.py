@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import IO
 
 import paramiko
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import SecretStr
 
 from csvbridge.errors import ConfigError, HostKeyError, SourceUnavailable, TerminalError
@@ -411,21 +414,54 @@ def _base_key_type(algorithm: str) -> str:
 
 
 def _load_key(path: Path, passphrase: SecretStr | None) -> paramiko.PKey:
-    """Load an rsa/ecdsa/ed25519 private key; errors never include the passphrase."""
-    secret = passphrase.get_secret_value() if passphrase else None
+    """Load an rsa/ecdsa/ed25519 private key; errors never include the passphrase.
+
+    `cryptography` reads every common format (OpenSSH, PKCS#1/SEC1 PEM, PKCS#8, encrypted
+    or not); paramiko alone cannot decrypt PKCS#8 ("BEGIN ENCRYPTED PRIVATE KEY").  The
+    key is then handed to paramiko re-serialized in memory, unencrypted.
+    """
     try:
-        return paramiko.PKey.from_path(path, secret)
+        data = Path(path).expanduser().read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read private key: {exc.strerror}", file=str(path)) from None
-    except paramiko.PasswordRequiredException:
-        raise ConfigError(
-            "private key is encrypted: set private_key_passphrase", file=str(path)
-        ) from None
-    except (paramiko.SSHException, ValueError, TypeError) as exc:
+    secret = passphrase.get_secret_value().encode() if passphrase else None
+    load = (
+        serialization.load_ssh_private_key
+        if b"BEGIN OPENSSH PRIVATE KEY" in data
+        else serialization.load_pem_private_key
+    )
+    try:
+        try:
+            loaded = load(data, secret)
+        except TypeError:
+            if secret is None:
+                raise ConfigError(
+                    "private key is encrypted: set private_key_passphrase", file=str(path)
+                ) from None
+            loaded = load(data, None)  # a passphrase for a key that has none: fine
+    except (ValueError, UnsupportedAlgorithm) as exc:
         hint = " (wrong passphrase?)" if secret else ""
         raise ConfigError(
             f"cannot load private key{hint}: {type(exc).__name__}", file=str(path)
         ) from None
+    key_class: type[paramiko.PKey]
+    if isinstance(loaded, rsa.RSAPrivateKey):
+        key_class = paramiko.RSAKey
+    elif isinstance(loaded, ec.EllipticCurvePrivateKey):
+        key_class = paramiko.ECDSAKey
+    elif isinstance(loaded, ed25519.Ed25519PrivateKey):
+        key_class = paramiko.Ed25519Key
+    else:
+        raise ConfigError(
+            f"unsupported private key type {type(loaded).__name__} (use rsa, ecdsa or ed25519)",
+            file=str(path),
+        )
+    plain = loaded.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    return key_class.from_private_key(io.StringIO(plain.decode()))
 
 
 def _load_known_hosts(path: Path) -> paramiko.HostKeys:
