@@ -332,12 +332,18 @@ class SFTPTestServer:
         public = self.host_key.export_public_key("openssh").decode().split()[:2]
         return f"[{HOST}]:{self.port} {' '.join(public)}\n"
 
-    def add_client_key(self, algorithm: str, passphrase: str | None = None) -> Path:
-        """Generate a client key the server accepts; returns its private key file."""
+    def add_client_key(
+        self, algorithm: str, passphrase: str | None = None, fmt: str = "openssh"
+    ) -> Path:
+        """Generate a client key the server accepts; returns its private key file.
+
+        `fmt` is asyncssh's format name: "openssh", "pkcs1-pem" or "pkcs8-pem".
+        """
         options = {"key_size": 2048} if algorithm == "ssh-rsa" else {}
         key = asyncssh.generate_private_key(algorithm, **options)
-        path = self.workdir / f"id_{algorithm}{'_enc' if passphrase else ''}"
-        key.write_private_key(str(path), "openssh", passphrase=passphrase)
+        path = self.workdir / f"id_{algorithm}_{fmt}{'_enc' if passphrase else ''}"
+        extra = {"rounds": 1, "ignore_few_rounds": True} if passphrase and fmt == "openssh" else {}
+        key.write_private_key(str(path), fmt, passphrase=passphrase, **extra)  # fast bcrypt KDF
         path.chmod(0o600)
         self._authorized.add(key.public_data)
         return path
