@@ -90,6 +90,40 @@ def cmd_send(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
+def _setup_logging(settings: object) -> None:
+    from csvbridge.observe import setup_logging
+
+    setup_logging(settings.logging.format, settings.logging.level)  # type: ignore[attr-defined]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from csvbridge.runner import run_once
+
+    settings = load_settings(args.config)
+    _setup_logging(settings)
+    summary = run_once(settings)
+    print(summary.describe(), file=sys.stderr)
+    if summary.fatal:
+        print(f"csvbridge: {summary.fatal}", file=sys.stderr)
+    return summary.exit_code
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from csvbridge.runner import watch
+
+    settings = load_settings(args.config)
+    if args.metrics_port is not None:
+        settings.metrics.port = args.metrics_port
+    _setup_logging(settings)
+    return watch(settings)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from csvbridge.demo import run_demo
+
+    return run_demo(Path(args.dir) if args.dir else None)
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     from csvbridge.emulator import run_emulator
 
@@ -156,6 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     _add_convert_options(p)
     p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("run", help="one pass over every configured drop, then exit (cron)")
+    p.add_argument("--config", type=Path, required=True, help="csvbridge config file (YAML)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("watch", help="the daemon: watch the configured drops until stopped")
+    p.add_argument("--config", type=Path, required=True, help="csvbridge config file (YAML)")
+    p.add_argument("--metrics-port", type=int, help="serve /healthz and /metrics here")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser(
+        "demo", help="the whole job on shipped fixtures: local drop + built-in API emulator"
+    )
+    p.add_argument("--dir", help="where to put the demo drop (default: a temporary folder)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("emulator", help="run the built-in bulk API emulator")
     p.add_argument("--host", default="127.0.0.1")
