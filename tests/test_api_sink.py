@@ -242,8 +242,9 @@ def test_403_names_the_site(emulator: Any) -> None:
 
 def test_missing_token_or_site_fails_before_sending(emulator: Any) -> None:
     emu = emulator()
-    with pytest.raises(AuthError, match="no API token configured"):
+    with pytest.raises(AuthError, match="no API token configured") as caught:
         ship(sample_records(5), settings_for(emu, token=""))
+    assert len(caught.value.result.not_shipped) == 5  # type: ignore[attr-defined]
     with pytest.raises(Exception, match="no site id configured"):
         ship(sample_records(5), settings_for(emu, site_id=""))
     assert emu.stats.requests == 0

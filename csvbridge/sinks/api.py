@@ -361,19 +361,12 @@ class Pacer:
     start until then.  Thread-safe.
     """
 
-    def __init__(
-        self,
-        limits: RateLimits,
-        max_in_flight: int,
-        ahead_objects: int,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, limits: RateLimits, max_in_flight: int, ahead_objects: int) -> None:
         self._objects_per_second = limits.objects_per_second
         self._request_interval = 1.0 / (limits.requests_per_second * REQUEST_HEADROOM)
-        self._max_in_flight = max(1, min(max_in_flight, limits.concurrent_connections))
+        self._max_in_flight = max(1, max_in_flight)
         self._ahead = ahead_objects / limits.objects_per_second  # seconds of budget
-        self._clock = clock
-        now = clock()
+        now = time.monotonic()
         self._objects_due = self._requests_due = self._paused_until = now
         self._in_flight = 0
         self._last_cut = -math.inf
@@ -389,7 +382,7 @@ class Pacer:
         """Block until a request of `n_objects` may start; False once closed."""
         with self._cond:
             while not self._closed:
-                now = self._clock()
+                now = time.monotonic()
                 start_at = max(
                     self._objects_due - self._ahead, self._requests_due, self._paused_until
                 )
@@ -408,14 +401,14 @@ class Pacer:
         """A request ended; `answered` means the API took it (no 429, 5xx or network error)."""
         with self._cond:
             self._in_flight -= 1
-            if answered and self._clock() - self._last_cut >= SLOW_DOWN_COOLDOWN:
+            if answered and time.monotonic() - self._last_cut >= SLOW_DOWN_COOLDOWN:
                 self.factor = min(1.0, self.factor + RECOVERY_STEP)
             self._cond.notify_all()
 
     def throttle(self, retry_after: float | None, *, slow_down: bool) -> None:
         """The API pushed back: hold every start for `retry_after`, maybe slow down."""
         with self._cond:
-            now = self._clock()
+            now = time.monotonic()
             if slow_down and now - self._last_cut >= SLOW_DOWN_COOLDOWN:
                 self.factor = max(MIN_FACTOR, self.factor * SLOW_DOWN)
                 self._last_cut = now
@@ -603,7 +596,9 @@ class _Shipment:
                 continue
             except BaseException as exc:
                 self.pacer.release(answered=False)
-                self._count(getattr(exc, "status", None))
+                status = getattr(exc, "status", None)
+                if status is not None:  # else nothing went out (a bad URL, a bug)
+                    self._count(status)
                 raise
             self.pacer.release(answered=True)
             self._count(answer.status)
@@ -662,10 +657,16 @@ def ship(
     attached as ``.result``.  ``total`` (default: ``len(records)`` if known) feeds the
     progress ETA; ``progress`` defaults to "stderr is a terminal".
     """
+    unusable: CsvBridgeError | None = None
     if not settings.site_id:
-        raise ConfigError("no site id configured: set api.site_id or CSVBRIDGE_SITE_ID")
-    if not settings.token.get_secret_value():
-        raise AuthError("no API token configured: set api.token or CSVBRIDGE_TOKEN")
+        unusable = ConfigError("no site id configured: set api.site_id or CSVBRIDGE_SITE_ID")
+    elif not settings.token.get_secret_value():
+        unusable = AuthError("no API token configured: set api.token or CSVBRIDGE_TOKEN")
+    if unusable is not None:  # nothing can be sent: account for every record, then say why
+        result = ShipResult(aborted=unusable.message)
+        result.not_shipped.extend(_fresh(records, skip_ids, result))
+        unusable.result = result  # type: ignore[attr-defined]
+        raise unusable
     own_client = client is None
     client = client or ApiClient(settings)
     size, workers = choose_batch_size(settings), workers_for(settings)
