@@ -387,6 +387,7 @@ def deliver_feed(local: Path, settings: FeedSettings, *, rows: int) -> str | Non
 
     fs = filesystem_for(settings)
     try:
+        fs.mkdir("")  # the target folder may not exist yet (e.g. the default ./feeds)
         put_atomic(fs, local, local.name)
     finally:
         close = getattr(fs, "close", None)
