@@ -306,6 +306,15 @@ def test_stop_event_finishes_batches_in_flight_and_returns(emulator: Any) -> Non
     assert_accounted(result, records, emu)
 
 
+def test_stop_set_before_the_start_sends_nothing(emulator: Any) -> None:
+    emu = emulator()
+    stop = threading.Event()
+    stop.set()
+    result = ship(list(sample_records(50)), settings_for(emu), stop=stop)
+    assert len(result.not_shipped) == 50 and result.requests == 0
+    assert emu.stats.requests == 0
+
+
 def test_gives_up_when_the_api_keeps_failing(emulator: Any) -> None:
     emu = emulator(fail_rate=1.0)
     records = list(sample_records(400))

@@ -716,13 +716,13 @@ def ship(
         with ThreadPoolExecutor(workers, thread_name_prefix="csvbridge-ship") as pool:
             try:
                 for batch_no, batch in enumerate(_chunks(fresh, size), start=1):
+                    settle(block=False)
                     while len(pending) > workers:
                         settle(block=True)
                     if shipment.halted.is_set():
                         result.not_shipped.extend(batch)
                         break
                     pending[pool.submit(shipment.send, batch_no, batch)] = batch
-                    settle(block=False)
                 while pending:
                     settle(block=True)
             except BaseException:
