@@ -204,15 +204,21 @@ class CsvFile:
         quotes_odd = False  # quote parity at the start of `buf`
         eof = False
         while not eof:
-            while len(buf) < size and not eof:
-                try:
-                    more = self._stream.read(size)
-                except (OSError, EOFError, zlib.error) as exc:
-                    raise InputError(f"cannot read input: {exc}", file=self.name) from None
-                if more:
-                    buf += more
-                else:
-                    eof = True
+            if len(buf) < size:
+                # read in bounded pieces: `size` may be huge ("the whole file in one
+                # piece"), and read(n) allocates n bytes up front
+                parts, have = [buf], len(buf)
+                while have < size:
+                    try:
+                        more = self._stream.read(min(size - have, CHUNK_BYTES))
+                    except (OSError, EOFError, zlib.error) as exc:
+                        raise InputError(f"cannot read input: {exc}", file=self.name) from None
+                    if not more:
+                        eof = True
+                        break
+                    parts.append(more)
+                    have += len(more)
+                buf = b"".join(parts)
             if eof:
                 cut = len(buf)
             else:
