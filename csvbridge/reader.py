@@ -222,7 +222,7 @@ class CsvFile:
             if eof:
                 cut = len(buf)
             else:
-                cut = self._boundary(buf, quotes_odd)
+                cut = self._boundary(buf, quotes_odd, size)
                 if cut < 0:  # one record larger than the chunk: read more
                     size *= 2
                     continue
@@ -233,16 +233,17 @@ class CsvFile:
                 line += piece.count(b"\n")
 
     @staticmethod
-    def _boundary(buf: bytes, quotes_odd: bool) -> int:
-        """Index just after the last newline of `buf` that is outside quotes, or -1."""
-        total_odd = quotes_odd ^ (buf.count(b'"') % 2 == 1)
-        pos = len(buf)
+    def _boundary(buf: bytes, quotes_odd: bool, end: int) -> int:
+        """Index just after the last newline of ``buf[:end]`` outside quotes, or -1."""
+        end = min(end, len(buf))
+        total_odd = quotes_odd ^ (buf.count(b'"', 0, end) % 2 == 1)
+        pos = end
         while True:
             nl = buf.rfind(b"\n", 0, pos)
             if nl < 0:
                 return -1
-            # parity before `nl` = parity at end minus quotes after it
-            after_odd = buf.count(b'"', nl, len(buf)) % 2 == 1
+            # parity before `nl` = parity at `end` minus quotes between them
+            after_odd = buf.count(b'"', nl, end) % 2 == 1
             if not (total_odd ^ after_odd):
                 return nl + 1
             pos = nl
