@@ -638,6 +638,8 @@ class _Engine:
                 _chunk_task, ((d, line, "runs") for d, line in self._chunks(chunk_bytes))
             ):
                 if not res.boundary_ok:
+                    if chunk_bytes < 1 << 62:  # chunked: retry in one piece (run() does)
+                        raise _Boundary
                     raise InputError("unbalanced quotes: a quoted field never ends", file=rep.file)
                 rep.rows_read += res.rows + res.blank
                 rep.rows_skipped += res.blank
