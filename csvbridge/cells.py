@@ -87,6 +87,9 @@ def number_json(raw: str, decimal_comma: bool) -> bytes:
     if decimal_comma and "," in text:
         text = text.replace(".", "").replace(" ", "").replace("\u00a0", "").replace(",", ".")
     if JSON_NUMBER.match(text):
+        # JSON spelling, but 1e400 or 400 digits read back as infinity
+        if ("e" in text or "E" in text or len(text) > 300) and not math.isfinite(float(text)):
+            raise CellError("INVALID_PROPERTY_TYPE", f"{raw!r} is not a finite number")
         return text.encode()
     try:
         value = float(text)
