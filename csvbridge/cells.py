@@ -163,7 +163,8 @@ def _text_codec(rule: Rule) -> Codec:
             raise CellError(
                 "INVALID_PROPERTY_FORMAT", f"has {n} characters; at most {hi} are allowed"
             )
-        if pattern is not None and not pattern.match(raw):
+        # fullmatch: the model's "^...$" (Rust regex) does not accept a trailing newline
+        if pattern is not None and not pattern.fullmatch(raw):
             raise CellError("INVALID_PROPERTY_FORMAT", f"{raw!r} is not a valid {what}")
         return _dumps(raw)
 
