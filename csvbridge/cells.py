@@ -116,7 +116,12 @@ def parse_date(raw: str, options: CodecOptions, tz: tzinfo | None) -> str:
         if fmt in ("unix", "unix_ms"):
             if re.fullmatch(r"-?\d+(?:\.\d+)?", text):
                 seconds = float(text) / (1000 if fmt == "unix_ms" else 1)
-                parsed = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+                try:
+                    parsed = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+                except OverflowError:
+                    raise CellError(
+                        "INVALID_PROPERTY_FORMAT", f"{raw!r} is out of range as a {fmt} time"
+                    ) from None
         else:
             try:
                 parsed = datetime.strptime(text, fmt)
