@@ -72,6 +72,10 @@ def normalize_header(name: str) -> str:
 
 def classify(path: str, kind: str) -> tuple[str, Rule | None, str | None]:
     """(path, rule, reason-if-ignored) for a documented dot path of `kind` objects."""
+    rule = (PRODUCT_RULES if kind == "products" else CONVERSION_RULES).get(path)
+    if rule is not None and rule.kind == "object":
+        # a whole custom object in one cell would be sent as a string
+        return path, None, f"an object: give each key its own column ({path}.<key>)"
     if kind == "products":
         if path in PRODUCT_RULES:
             return path, PRODUCT_RULES[path], None
