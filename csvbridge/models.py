@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
@@ -94,6 +94,10 @@ def normalize_date(value: str) -> str:
 
 def format_date(parsed: datetime) -> str:
     """An aware datetime in the long documented form, with milliseconds."""
+    offset = parsed.utcoffset()
+    if offset is not None and offset % timedelta(minutes=1):
+        # "+02:00:30" (or a zone's old local mean time) has no documented form: use UTC
+        parsed = parsed.astimezone(UTC)
     text = parsed.isoformat(timespec="milliseconds")
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
