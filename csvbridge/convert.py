@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any, BinaryIO
 
 from csvbridge.cells import CellError, CodecOptions
 from csvbridge.config import ConvertSettings
-from csvbridge.errors import InputError
+from csvbridge.errors import ConfigError, InputError
 from csvbridge.fold import Built, Plan, Record, normalize_header
 from csvbridge.mapping import Mapping, RowTransform, compile_mapping, load_mapping
 from csvbridge.reader import CHUNK_BYTES, CsvFile, Dialect, Row, parse_chunk
@@ -814,14 +815,26 @@ def convert_file(
         else:
             dest = Path(output)
             part = dest.with_name(dest.name + ".part")
-            shutil.copyfile(produced, part)
-            part.replace(dest)
+            with _writing("output", dest):
+                shutil.copyfile(produced, part)
+                part.replace(dest)
             report.outputs = {to: str(dest)}
         if rejects_path is not None and report.objects_rejected:
             src = done.ndjson.parent / "input.spool"
-            n = write_rejects(done, src if src.exists() else Path(source), Path(rejects_path))
+            with _writing("rejects", rejects_path):
+                n = write_rejects(done, src if src.exists() else Path(source), Path(rejects_path))
             report.outputs["rejects"] = str(rejects_path)
             report.outputs["rejected_rows"] = str(n)
     if report_path is not None:
-        Path(report_path).write_bytes(report.to_json())
+        with _writing("report", report_path):
+            Path(report_path).write_bytes(report.to_json())
     return report
+
+
+@contextmanager
+def _writing(what: str, path: str | Path) -> Iterator[None]:
+    """An output that cannot be written is a usage error (exit 2), not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"cannot write the {what}: {exc.strerror}", file=str(path)) from None
