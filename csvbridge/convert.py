@@ -753,7 +753,8 @@ def write_rejects(converted: Converted, source: Path, dest: Path) -> int:
     if not reasons:
         return 0
     written = 0
-    with CsvFile(source) as csvf:
+    used = converted.report.dialect  # read it the way it was converted (forced options)
+    with CsvFile(source, encoding=used.get("encoding"), delimiter=used.get("delimiter")) as csvf:
         d = csvf.dialect
         tmp = dest.with_name(dest.name + ".part")
         with open(tmp, "w", encoding=d.encoding, errors="replace", newline="") as out:
