@@ -257,18 +257,16 @@ class CachedCodec:
     def __init__(self, codec: Codec, key: str = "") -> None:
         self.codec = codec
         self.prefix = orjson.dumps(key) + b":" if key else b""
-        self.cache: dict[str, bytes | Flagged | CellError] = {}
+        self.cache: dict[str, bytes] = {}  # valid members only
 
     def __call__(self, raw: str) -> bytes | Flagged | CellError:
-        result: bytes | Flagged | CellError
         try:
             out = self.codec(raw)
-            if isinstance(out, Flagged):
-                result = Flagged(self.prefix + out.json, out.code, out.detail)
-            else:
-                result = self.prefix + out
         except CellError as exc:
-            result = exc
+            return exc  # not memoised: each occurrence is reported with its own line
+        if isinstance(out, Flagged):
+            return Flagged(self.prefix + out.json, out.code, out.detail)
+        result = self.prefix + out
         cache = self.cache
         if len(cache) >= CACHE_LIMIT:
             cache.clear()

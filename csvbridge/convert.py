@@ -95,6 +95,17 @@ class Output:
     rows_dup: int = 0
     ok: int = 0
     bad: int = 0
+    packed: tuple[bytes, str] | None = None  # (ndjson, index) text, joined by the worker
+
+    def pack(self) -> Output:
+        """Join the lines in the worker, so the main process only writes two blobs."""
+        if self.ndjson:
+            self.packed = (
+                b"\n".join(self.ndjson) + b"\n",
+                "".join(f"{i}\t{','.join(map(str, lines))}\n" for i, lines in self.index),
+            )
+            self.ndjson, self.index = [], []
+        return self
 
     def add(self, built: Built, seen_products: set[str] | None = None) -> None:
         if built.problems:
@@ -280,9 +291,10 @@ def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResul
         head, inner = runs[0], runs[1:]
         if inner:
             tail, inner = inner[-1], inner[:-1]
-    seen_products: set[str] | None = None
     for run in inner:
-        out.add(_build_run(run, plan), seen_products)
+        out.add(_build_run(run, plan))
+    if not spec.products_from_conversions:
+        out.pack()
     return ChunkResult(
         out, len(parsed.rows), parsed.blank, head, tail, run_ids, dup, parsed.boundary_ok
     )
@@ -294,7 +306,7 @@ def _build_task(groups: list[Run]) -> Output:
     out = Output()
     for run in groups:
         out.add(_build_run(run, plan))
-    return out
+    return out if _WORKER[2].products_from_conversions else out.pack()
 
 
 class _Boundary(Exception):
@@ -331,6 +343,9 @@ class _Writer:
 
     def write(self, out: Output) -> None:
         r = self.report
+        if out.packed is not None:
+            self.nd.write(out.packed[0])
+            self.ix.write(out.packed[1])
         if out.ndjson:
             self.nd.write(b"\n".join(out.ndjson) + b"\n")
             self.ix.write("".join(f"{i}\t{','.join(map(str, lines))}\n" for i, lines in out.index))

@@ -220,6 +220,7 @@ class Plan:
         def emit(node: _Node, var: str, depth: int) -> None:
             pad = "    " * depth
             lines.append(f"{pad}{var} = []")
+            lines.append(f"{pad}{var}_ = {var}.append")
             for key, member in node.members:
                 if isinstance(member, _Node):
                     counter[0] += 1
@@ -241,19 +242,21 @@ class Plan:
                     lines.append(f"{pad}    if len(P) == p{n}:")
                     lines.append(f"{pad}        if len(M{n}) >= {SEGMENT_CACHE}: M{n}.clear()")
                     lines.append(f"{pad}        M{n}[g] = s{n}")
-                    lines.append(f"{pad}if s{n}: {var}.append(s{n})")
+                    lines.append(f"{pad}if s{n}: {var}_(s{n})")
                     continue
                 col = member
                 codec = self.codecs[col]
                 codec.prefix = orjson.dumps(key) + b":"
                 env[f"K{col}"] = codec.cache
                 env[f"F{col}"] = codec
+                # the memo holds valid members only: a hit needs no further check
                 lines.append(f"{pad}v = c[{col}]")
                 lines.append(f"{pad}if v:")
                 lines.append(f"{pad}    r = K{col}.get(v)")
-                lines.append(f"{pad}    if r is None: r = F{col}(v)")
-                lines.append(f"{pad}    if r.__class__ is not bytes: r = _flag({col}, r, P)")
-                lines.append(f"{pad}    {var}.append(r)")
+                lines.append(f"{pad}    if r is None:")
+                lines.append(f"{pad}        r = F{col}(v)")
+                lines.append(f"{pad}        if r.__class__ is not bytes: r = _flag({col}, r, P)")
+                lines.append(f"{pad}    {var}_(r)")
 
         emit(root, "out", 1)
         lines.append("    return out")

@@ -228,7 +228,8 @@ class CsvFile:
                     continue
             piece, buf = buf[:cut], buf[cut:]
             if piece:
-                quotes_odd ^= piece.count(b'"') % 2 == 1
+                # a cut is always made outside quotes, so the next piece starts outside
+                quotes_odd = False
                 yield piece, line
                 line += piece.count(b"\n")
 
@@ -278,6 +279,14 @@ def parse_chunk(data: bytes, first_line: int, dialect: Dialect) -> ParsedChunk:
             out.blank += 1
             continue
         append(Row(start, cells))
+    if "\r" in text and text.count("\r") != text.count("\r\n"):
+        # a bare CR (old Mac line end, or inside a quoted field) ended a line for the
+        # parser; line numbers count LF, as the chunker and editors do
+        nl = [0]
+        for piece in lines:
+            nl.append(nl[-1] + piece.endswith("\n"))
+        for r in rows:
+            r.line = base + nl[r.line - base - 1] + 1
     last = rows.pop() if rows else None
     if last is None or last.cells != [SENTINEL]:
         out.boundary_ok = False
