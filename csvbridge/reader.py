@@ -94,8 +94,11 @@ def open_binary(source: str | Path | BinaryIO) -> tuple[BinaryIO, bool]:
     return buffered, False
 
 
-def detect_encoding(sample: bytes, forced: str | None = None) -> tuple[str, bool]:
-    """(encoding, had_bom).  UTF-8 first (the sample may end mid-character), then cp1252."""
+def detect_encoding(
+    sample: bytes, forced: str | None = None, *, whole: bool = False
+) -> tuple[str, bool]:
+    """(encoding, had_bom).  UTF-8 first (the sample may end mid-character unless it is
+    the `whole` file), then cp1252."""
     if sample.startswith(codecs.BOM_UTF8):
         return "utf-8", True
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -109,7 +112,7 @@ def detect_encoding(sample: bytes, forced: str | None = None) -> tuple[str, bool
     if b"\x00" in sample[:4096]:
         raise InputError("the file is binary (it contains NUL bytes), not a CSV export")
     try:
-        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=whole)
         return "utf-8", False
     except UnicodeDecodeError:
         pass
@@ -161,7 +164,7 @@ class CsvFile:
             sample = self._stream.read(SAMPLE_BYTES)
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"cannot read input: {exc}", file=self.name) from None
-        enc, bom = detect_encoding(sample, encoding)
+        enc, bom = detect_encoding(sample, encoding, whole=len(sample) < SAMPLE_BYTES)
         if bom:
             sample = sample[len(codecs.BOM_UTF8) :]
         if not sample.strip():
