@@ -108,6 +108,11 @@ def detect_encoding(
             codecs.lookup(forced)
         except LookupError:
             raise InputError(f"unknown encoding {forced!r}") from None
+        if '\n\r,;\t|"'.encode(forced, errors="replace") != b'\n\r,;\t|"':
+            # delimiters, quotes and line ends are found as ASCII bytes
+            raise InputError(
+                f"encoding {forced!r} is not ASCII-compatible; re-export the file as UTF-8"
+            )
         return forced, False
     if b"\x00" in sample[:4096]:
         raise InputError("the file is binary (it contains NUL bytes), not a CSV export")
@@ -236,6 +241,25 @@ class CsvFile:
                 yield piece, line
                 line += piece.count(b"\n")
 
+    def rows(self) -> Iterator[Row | None]:
+        """Every record after the header, read sequentially (None for a blank line).
+
+        The slow, always-right path: one csv reader over the whole stream, for files
+        whose stray quotes defeat record-aligned chunking.
+        """
+        d = self.dialect
+        head = self._pending
+        self._pending = b""
+        stream = io.BufferedReader(_Joined(head, self._stream))  # type: ignore[arg-type]
+        text = io.TextIOWrapper(stream, encoding=d.encoding, errors="replace", newline="")
+        reader = csv.reader(text, delimiter=d.delimiter, quotechar=d.quotechar)
+        base = self.header_lines
+        prev = 0
+        for cells in reader:
+            start = base + prev + 1
+            prev = reader.line_num
+            yield Row(start, cells) if cells else None
+
     @staticmethod
     def _boundary(buf: bytes, quotes_odd: bool, end: int) -> int:
         """Index just after the last newline of ``buf[:end]`` outside quotes, or -1."""
@@ -251,6 +275,27 @@ class CsvFile:
             if not (total_odd ^ after_odd):
                 return nl + 1
             pos = nl
+
+
+class _Joined(io.RawIOBase):
+    """A raw stream that first returns `head`, then reads from `rest`."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(b))
+        b[: len(data)] = data
+        return len(data)
 
 
 def parse_chunk(data: bytes, first_line: int, dialect: Dialect) -> ParsedChunk:
