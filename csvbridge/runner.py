@@ -351,6 +351,7 @@ class Runner:
             fs.put(outcome.rejects, rejects_path)
         fs.rename(path, dest)
         info["moved_to"] = dest
+        info["report"] = report_path
         return info
 
     def _finish_ledger(self, file_id: int, outcome: Outcome, entry: dict[str, Any]) -> None:
@@ -363,7 +364,7 @@ class Runner:
             shipped=entry.get("shipped", 0),
             rejected=entry.get("rejected", 0),
             not_shipped=entry.get("not_shipped", 0),
-            report_path=entry.get("moved_to"),
+            report_path=entry.get("report"),
         )
 
     def _fail(
@@ -376,7 +377,7 @@ class Runner:
             dest, report_path, _ = stages.stage_paths("failed", name, taken)
             fs.write_bytes(report_path, report.to_json())
             fs.rename(path, dest)
-            return {"status": "failed", "error": reason, "moved_to": dest}
+            return {"status": "failed", "error": reason, "moved_to": dest, "report": report_path}
         except CsvBridgeError as exc:
             return {"status": "failed", "error": f"{reason}; and could not move it: {exc}"}
 
