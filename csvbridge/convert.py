@@ -491,7 +491,7 @@ class _Engine:
                     if attempt == "grouped":
                         self._grouped(writer)
                     else:  # "single": one piece, for files whose quotes defeat chunking
-                        self._regroup(writer, self.chunk_bytes if attempt == "regroup" else 1 << 62)
+                        self._regroup(writer, self.chunk_bytes if attempt == "regroup" else 0)
                     return
                 except _Ungrouped:
                     notes.append(
@@ -519,7 +519,7 @@ class _Engine:
                     )
                     writer.close()
                     writer = _Writer(self.work, self._reset(notes), self.dedupe)
-                    self._regroup(writer, 1 << 62)
+                    self._regroup(writer, 0)
                     return
                 finally:
                     writer.close()
@@ -617,6 +617,35 @@ class _Engine:
         finally:
             ids.close()
 
+    def _sequential_runs(self, rows_per_batch: int = 5000) -> Iterator[ChunkResult]:
+        """Rows read by one csv reader over the whole stream, cut into runs here."""
+        assert _WORKER is not None
+        plan, transform, spec = _WORKER
+        with CsvFile(
+            self.path,
+            name=self.report.file,
+            encoding=spec.dialect.encoding,
+            delimiter=spec.dialect.delimiter,
+        ) as csvf:
+            rows: list[Row] = []
+            blank = 0
+            for row in csvf.rows():
+                if row is None:
+                    blank += 1
+                    continue
+                rows.append(row)
+                if len(rows) >= rows_per_batch:
+                    yield self._as_result(rows, blank, plan, transform, spec)
+                    rows, blank = [], 0
+            yield self._as_result(rows, blank, plan, transform, spec)
+
+    @staticmethod
+    def _as_result(
+        rows: list[Row], blank: int, plan: Plan, transform: RowTransform | None, spec: Spec
+    ) -> ChunkResult:
+        runs = _runs(rows, plan, transform, len(spec.header))
+        return ChunkResult(Output(), len(rows), blank, None, None, [], False, True, runs)
+
     def _dedupe_write(self, writer: _Writer, out: Output) -> None:
         """Products from conversions: keep the first occurrence of each product id."""
         seen = writer.seen_products
@@ -638,7 +667,11 @@ class _Engine:
     # -------------------------------------------------------------- regroup path
 
     def _regroup(self, writer: _Writer, chunk_bytes: int) -> None:
-        """Ungrouped files: park runs in SQLite, read them back grouped by id."""
+        """Ungrouped files: park runs in SQLite, read them back grouped by id.
+
+        ``chunk_bytes`` of 0 reads the file as one sequential stream of rows in this
+        process (for files whose stray quotes defeat chunking); memory stays bounded.
+        """
         rep = writer.report
         db_path = self.work / "regroup.sqlite"
         db_path.unlink(missing_ok=True)
@@ -650,13 +683,15 @@ class _Engine:
                 "CREATE TABLE runs(id TEXT NOT NULL, line INTEGER NOT NULL, data BLOB);"
             )
             alone = 0
-            for res in self._map(
-                _chunk_task, ((d, line, "runs") for d, line in self._chunks(chunk_bytes))
-            ):
+            if chunk_bytes:
+                results = self._map(
+                    _chunk_task, ((d, line, "runs") for d, line in self._chunks(chunk_bytes))
+                )
+            else:
+                results = self._sequential_runs()
+            for res in results:
                 if not res.boundary_ok:
-                    if chunk_bytes < 1 << 62:  # chunked: retry in one piece (run() does)
-                        raise _Boundary
-                    raise InputError("unbalanced quotes: a quoted field never ends", file=rep.file)
+                    raise _Boundary
                 rep.rows_read += res.rows + res.blank
                 rep.rows_skipped += res.blank
                 batch = []
