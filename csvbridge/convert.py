@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 from csvbridge.cells import CellError, CodecOptions
 from csvbridge.config import ConvertSettings
-from csvbridge.errors import ConfigError, InputError
+from csvbridge.errors import ConfigError
 from csvbridge.fold import Built, Plan, Record, normalize_header
 from csvbridge.mapping import Mapping, RowTransform, compile_mapping, load_mapping
 from csvbridge.reader import CHUNK_BYTES, CsvFile, Dialect, Row, parse_chunk
