@@ -174,7 +174,12 @@ def generate(path: Path, n_rows: int, *, grouped: bool = True, seed: int = 7) ->
 
 
 def measure(cmd: list[str]) -> tuple[float, int, int, int]:
-    """Run `cmd`; return (seconds, peak summed RSS, peak single RSS, exit code)."""
+    """Run `cmd`; return (seconds, peak summed PSS, peak single RSS, exit code).
+
+    PSS (proportional set size) splits pages shared between the main process and its
+    forked workers among them, so the sum is the real memory of the whole tree; plain
+    RSS would count the shared pages once per process.
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ps = psutil.Process(proc.pid)
@@ -182,12 +187,12 @@ def measure(cmd: list[str]) -> tuple[float, int, int, int]:
     while proc.poll() is None:
         try:
             procs = [ps, *ps.children(recursive=True)]
-            rss = [p.memory_info().rss for p in procs]
+            mem = [p.memory_full_info() for p in procs]
         except psutil.Error:
-            rss = []
-        if rss:
-            peak_sum = max(peak_sum, sum(rss))
-            peak_one = max(peak_one, max(rss))
+            mem = []
+        if mem:
+            peak_sum = max(peak_sum, sum(m.pss for m in mem))
+            peak_one = max(peak_one, max(m.rss for m in mem))
         time.sleep(0.02)
     seconds = time.perf_counter() - start
     if proc.returncode not in (0, 1):
@@ -227,11 +232,14 @@ def main() -> None:
             str(folder / f"report-{layout}.json"),
         ]
         seconds, peak_sum, peak_one, code = measure(cmd)
-        lines = sum(1 for _ in open(out, "rb")) if out.exists() else 0
+        lines = 0
+        if out.exists():
+            with open(out, "rb") as f:
+                lines = sum(1 for _ in f)
         print(
             f"{layout:9s}: {args.rows} rows in {seconds:.2f} s = {args.rows / seconds:,.0f} "
-            f"rows/s; {lines} conversions written; peak RSS {peak_sum / 2**20:.0f} MB "
-            f"(all processes), {peak_one / 2**20:.0f} MB (largest); exit {code}"
+            f"rows/s; {lines} conversions written; peak memory {peak_sum / 2**20:.0f} MB "
+            f"(PSS, all processes), {peak_one / 2**20:.0f} MB (largest RSS); exit {code}"
         )
 
 
