@@ -174,8 +174,12 @@ class CsvFile:
             sample = sample[len(codecs.BOM_UTF8) :]
         if not sample.strip():
             raise InputError("the file is empty (no header row)", file=self.name)
-        text = sample.decode(enc, errors="replace")
-        header_text = _first_record(text)
+        # surrogateescape: undecodable bytes (a forced encoding) map back to themselves,
+        # so the header's length in bytes is exact
+        head_bytes = _first_record(sample.decode(enc, errors="surrogateescape")).encode(
+            enc, errors="surrogateescape"
+        )
+        header_text = head_bytes.decode(enc, errors="replace")
         if delimiter is not None and len(delimiter) != 1:
             raise InputError(f"delimiter must be one character, got {delimiter!r}")
         delim = delimiter or detect_delimiter(header_text)
