@@ -190,7 +190,6 @@ class CsvFile:
         self.header = header_rows[0]
         self.header_lines = header_text.count("\n") + 1
         # bytes after the header record (its own line break excluded)
-        head_bytes = header_text.encode(enc, errors="replace")
         rest = sample[len(head_bytes) :]
         if rest.startswith(b"\r"):
             rest = rest[1:]
