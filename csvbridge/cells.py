@@ -41,10 +41,11 @@ CACHE_LIMIT = 2048  # per column; cleared when full, so memory stays flat
 class CellError(ValueError):
     """A cell value the API would refuse, in the API's own error vocabulary."""
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, value: str | None = None) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.value = value  # the offending source value, when it is not the cell's own
 
 
 @dataclass(frozen=True, slots=True)

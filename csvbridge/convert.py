@@ -216,7 +216,7 @@ def _prepare(row: Row, ncols: int, transform: RowTransform | None) -> tuple[Row,
                     (row.line,),
                     None,
                     transform.sources[i],
-                    _source_value(original, transform, i),
+                    err.value if err.value is not None else _source_value(original, transform, i),
                 )
             )
         transform.errors.clear()

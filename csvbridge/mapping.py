@@ -188,7 +188,9 @@ def compile_mapping(mapping: Mapping, header: list[str], options: CodecOptions) 
 
 
 class _Fallthrough(Exception):
-    pass
+    def __init__(self, detail: str, value: str) -> None:
+        super().__init__(detail)
+        self.value = value
 
 
 def _first_of(rules: list[Callable[[list[str]], str]], path: str) -> Callable[[list[str]], str]:
@@ -199,7 +201,7 @@ def _first_of(rules: list[Callable[[list[str]], str]], path: str) -> Callable[[l
             try:
                 return only(row)
             except _Fallthrough as exc:
-                raise CellError("UNMAPPED_VALUE", str(exc)) from None
+                raise CellError("UNMAPPED_VALUE", str(exc), exc.value) from None
 
         return single
 
@@ -214,7 +216,7 @@ def _first_of(rules: list[Callable[[list[str]], str]], path: str) -> Callable[[l
             if value:
                 return value
         if last is not None:
-            raise CellError("UNMAPPED_VALUE", str(last))
+            raise CellError("UNMAPPED_VALUE", str(last), last.value)
         return ""
 
     return first
@@ -259,13 +261,14 @@ def _compile_rule(
             if hit is None:
                 if rule.fallthrough:
                     raise _Fallthrough(
-                        f"value {raw!r} of {source!r} is not in the mapping for {path}"
+                        f"value {raw!r} of {source!r} is not in the mapping for {path}", raw
                     )
                 if not rule.passthrough:
                     raise CellError(
                         "UNMAPPED_VALUE",
                         f"value {raw!r} of {source!r} is not in the mapping for {path} "
                         f"(known: {', '.join(list(vmap)[:12])})",
+                        raw,
                     )
                 hit = raw
             raw = hit
@@ -289,13 +292,14 @@ def convert_date(raw: str, how: str, tz: Any) -> str:
             parsed = datetime.strptime(text, how)
     except (ValueError, OverflowError):
         raise CellError(
-            "INVALID_PROPERTY_FORMAT", f"{raw!r} does not match the date format {how!r}"
+            "INVALID_PROPERTY_FORMAT", f"{raw!r} does not match the date format {how!r}", raw
         ) from None
     if parsed.tzinfo is None:
         if tz is None:
             raise CellError(
                 "INVALID_PROPERTY_FORMAT",
                 f"{raw!r} has no UTC offset; set options.timezone in the mapping",
+                raw,
             )
         parsed = parsed.replace(tzinfo=tz)
     return format_date(parsed)
