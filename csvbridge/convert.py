@@ -244,8 +244,14 @@ def _build_run(run: Run, plan: Plan) -> Built:
         return Built(None, problems, len(run.rows), tuple(r.line for r in run.rows))
     built = plan.build(run.rows)
     if run.pre:
-        built.problems[:0] = run.pre
-        if built.record is not None and any(not p.warning for p in run.pre):
+        # a value the mapping refused leaves its field empty: it is not also "missing"
+        refused = {(p.property, p.lines) for p in run.pre if not p.warning}
+        built.problems[:] = run.pre + [
+            p
+            for p in built.problems
+            if p.code != "MISSING_REQUIRED_PROPERTY" or (p.property, p.lines) not in refused
+        ]
+        if built.record is not None and refused:
             built.record = None
     return built
 
