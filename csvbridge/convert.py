@@ -869,6 +869,7 @@ def convert_file(
             with open(produced, "rb") as f:
                 shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
             sys.stdout.buffer.flush()
+            report.outputs = {to: "-"}  # not the temporary file, gone on return
         else:
             dest = Path(output)
             part = dest.with_name(dest.name + ".part")
