@@ -151,7 +151,7 @@ class ChunkResult:
     run_ids: list[str]  # ids of this chunk's runs, in order
     dup_inside: bool  # an id came back within this chunk
     boundary_ok: bool
-    runs: list[Run] | None = None  # "runs" mode: every run, unbuilt
+    runs: list[tuple[str | None, int, bytes]] | None = None  # "runs" mode: (id, line, pickle)
 
 
 _WORKER: tuple[Plan, RowTransform | None, Spec] | None = None
@@ -289,7 +289,15 @@ def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResul
             run_ids.append(run.id)
     if mode == "runs":
         return ChunkResult(
-            out, len(parsed.rows), parsed.blank, None, None, run_ids, dup, parsed.boundary_ok, runs
+            out,
+            len(parsed.rows),
+            parsed.blank,
+            None,
+            None,
+            run_ids,
+            dup,
+            parsed.boundary_ok,
+            _pickled(runs),
         )
     head = tail = None
     inner = runs
@@ -306,11 +314,22 @@ def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResul
     )
 
 
-def _build_task(groups: list[Run]) -> Output:
+def _pickled(runs: list[Run]) -> list[tuple[str | None, int, bytes]]:
+    """Runs as SQLite-ready rows, serialised here so the main process only moves bytes."""
+    return [(r.id, r.rows[0].line, pickle.dumps(r, 5)) for r in runs]
+
+
+def _build_task(groups: list[list[bytes]]) -> Output:
+    """Build whole conversions from the pickled runs of each (regrouped) id."""
     assert _WORKER is not None
     plan = _WORKER[0]
     out = Output()
-    for run in groups:
+    for blobs in groups:
+        run: Run = pickle.loads(blobs[0])
+        for more in blobs[1:]:
+            other: Run = pickle.loads(more)
+            run.rows.extend(other.rows)
+            run.pre.extend(other.pre)
         out.add(_build_run(run, plan))
     return out if _WORKER[2].products_from_conversions else out.pack()
 
@@ -650,7 +669,7 @@ class _Engine:
         rows: list[Row], blank: int, plan: Plan, transform: RowTransform | None, spec: Spec
     ) -> ChunkResult:
         runs = _runs(rows, plan, transform, len(spec.header))
-        return ChunkResult(Output(), len(rows), blank, None, None, [], False, True, runs)
+        return ChunkResult(Output(), len(rows), blank, None, None, [], False, True, _pickled(runs))
 
     def _dedupe_write(self, writer: _Writer, out: Output) -> None:
         """Products from conversions: keep the first occurrence of each product id."""
@@ -701,20 +720,14 @@ class _Engine:
                 rep.rows_read += res.rows + res.blank
                 rep.rows_skipped += res.blank
                 batch = []
-                for run in res.runs or []:
-                    key = run.id
+                for key, line, blob in res.runs or []:
                     if key is None or self.plan.kind == "products":
                         alone += 1
                         key = f"\x00{alone:012d}"
-                    batch.append((key, run.rows[0].line, pickle.dumps(run, 5)))
+                    batch.append((key, line, blob))
                 db.executemany("INSERT INTO runs VALUES (?,?,?)", batch)
             db.execute("CREATE INDEX runs_id ON runs(id, line)")
-            cursor = db.execute(
-                "SELECT r.id, r.data FROM runs r JOIN "
-                "(SELECT id, MIN(line) AS first FROM runs GROUP BY id) g ON g.id = r.id "
-                "ORDER BY g.first, r.line"
-            )
-            for out in self._map(_build_task, ((b,) for b in _grouped_runs(cursor))):
+            for out in self._map(_build_task, ((b,) for b in _grouped_runs(db))):
                 if self.dedupe:
                     self._dedupe_write(writer, out)
                 else:
@@ -724,25 +737,19 @@ class _Engine:
             db_path.unlink(missing_ok=True)
 
 
-def _grouped_runs(cursor: sqlite3.Cursor, batch: int = 500) -> Iterator[list[Run]]:
-    """Merge consecutive runs with the same key, in batches of whole groups."""
-    groups: list[Run] = []
-    current_key = None
-    current: Run | None = None
-    for key, blob in cursor:
-        run: Run = pickle.loads(blob)
-        if current is not None and key == current_key:
-            current.rows.extend(run.rows)
-            current.pre.extend(run.pre)
-            continue
-        if current is not None:
-            groups.append(current)
-            if len(groups) >= batch:
-                yield groups
-                groups = []
-        current, current_key = run, key
-    if current is not None:
-        groups.append(current)
+def _grouped_runs(db: sqlite3.Connection, batch: int = 500) -> Iterator[list[list[bytes]]]:
+    """The pickled runs of each id, ids in order of first appearance, in batches."""
+    groups: list[list[bytes]] = []
+    firsts = db.execute("SELECT id FROM runs GROUP BY id ORDER BY MIN(line)")
+    fetch = db.cursor()
+    for (key,) in firsts:
+        blobs = [
+            b for (b,) in fetch.execute("SELECT data FROM runs WHERE id = ? ORDER BY line", (key,))
+        ]
+        groups.append(blobs)
+        if len(groups) >= batch:
+            yield groups
+            groups = []
     if groups:
         yield groups
 
