@@ -122,8 +122,8 @@ class Runner:
         self.progress = progress
         self.clock = clock
         self.ledger = Ledger(settings.state.ledger)
-        # source -> path -> (size, mtime, polls seen unchanged)
-        self.seen: dict[str, dict[str, tuple[int, float | None, int]]] = {}
+        # source -> path -> (size, mtime, polls seen unchanged, when that count last moved)
+        self.seen: dict[str, dict[str, tuple[int, float | None, int, float]]] = {}
         self.last_error: str | None = None
 
     def close(self) -> None:
@@ -193,11 +193,22 @@ class Runner:
             listing = [f for f in fs.list("") if not f.is_dir]
             stable = {f.name for f in listing if first.get(f.name) == (f.size, f.mtime)}
         else:
+            # A poll only counts as a stability poll when it comes at least as long after
+            # the previous counted one as a cron pass waits between its two polls: the
+            # daemon also polls on every watchdog wake-up (an append raises open, modify
+            # and close events), and polls milliseconds apart prove nothing.
+            spacing = min(SETTLE_SECONDS, source.poll_interval_seconds)
+            polled = time.monotonic()
             stable = set()
             for f in listing:
                 prev = memory.get(f.name)
-                count = prev[2] + 1 if prev and prev[:2] == (f.size, f.mtime) else 0
-                memory[f.name] = (f.size, f.mtime, count)
+                if prev and prev[:2] == (f.size, f.mtime):
+                    count, since = prev[2], prev[3]
+                    if polled - since >= spacing:
+                        count, since = count + 1, polled
+                else:
+                    count, since = 0, polled
+                memory[f.name] = (f.size, f.mtime, count, since)
                 if count >= source.stable_polls:
                     stable.add(f.name)
             for gone in set(memory) - names:
