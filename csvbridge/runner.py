@@ -452,6 +452,7 @@ def watch(
         observer = _watch_local(settings, wake)
         next_due = {s.name: 0.0 for s in settings.sources}
         backoff = {s.name: 0.0 for s in settings.sources}
+        failing: dict[str, str] = {}  # source -> its error, while it fails
         passes = 0
         try:
             while not stop.is_set():
@@ -465,10 +466,13 @@ def watch(
                         log.error("%s: stopping", exc)
                         return 2
                     if result.error:
+                        failing[source.name] = f"{source.name}: {result.error}"
                         backoff[source.name] = min(300.0, max(1.0, backoff[source.name] * 2))
                         next_due[source.name] = now + backoff[source.name]
                     else:
-                        runner.last_error = None
+                        # healthy again only when no other source is still failing
+                        failing.pop(source.name, None)
+                        runner.last_error = next(iter(failing.values()), None)
                         backoff[source.name] = 0.0
                         next_due[source.name] = now + source.poll_interval_seconds
                 passes += 1
