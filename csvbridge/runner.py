@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MARKER_SUFFIX = ".done"
 SETTLE_SECONDS = 2.0  # one-shot passes: wait this long between the two stability polls
+STOP_CHECK_SECONDS = 0.2  # the idle daemon looks at its stop event this often
 
 
 @dataclass
@@ -479,7 +480,7 @@ def watch(
                 if max_passes is not None and passes >= max_passes:
                     break
                 delay = max(0.05, min(next_due.values()) - time.monotonic())
-                wake.wait(delay)
+                _idle(wake, stop, delay)
                 if wake.is_set():
                     wake.clear()
                     for s in settings.sources:
@@ -492,6 +493,16 @@ def watch(
                 server.stop()
             runner.close()
     return 0
+
+
+def _idle(wake: threading.Event, stop: threading.Event, seconds: float) -> None:
+    """Sleep until `wake` or `stop` is set, or `seconds` passed (an Event waits for one)."""
+    deadline = time.monotonic() + seconds
+    while not (wake.is_set() or stop.is_set()):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        wake.wait(min(remaining, STOP_CHECK_SECONDS))
 
 
 def _watch_local(settings: Settings, wake: threading.Event) -> Any:
