@@ -102,7 +102,9 @@ class Output:
         if self.ndjson:
             self.packed = (
                 b"\n".join(self.ndjson) + b"\n",
-                "".join(f"{i}\t{','.join(map(str, lines))}\n" for i, lines in self.index),
+                "".join(
+                    f"{_clean_id(i)}\t{','.join(map(str, lines))}\n" for i, lines in self.index
+                ),
             )
             self.ndjson, self.index = [], []
         return self
@@ -373,7 +375,9 @@ class _Writer:
             self.ix.write(out.packed[1])
         if out.ndjson:
             self.nd.write(b"\n".join(out.ndjson) + b"\n")
-            self.ix.write("".join(f"{i}\t{','.join(map(str, lines))}\n" for i, lines in out.index))
+            self.ix.write(
+                "".join(f"{_clean_id(i)}\t{','.join(map(str, lines))}\n" for i, lines in out.index)
+            )
         for lines, reason in out.rejected:
             self.rj.write(f"{','.join(map(str, lines))}\t{reason}\n")
         r.problems.extend(out.problems)
@@ -394,7 +398,10 @@ class _Writer:
 
 
 def _clean_id(text: str) -> str:
-    return text.replace("\t", " ").replace("\n", " ")
+    """An id as the index file can hold it: one line, no tab."""
+    if "\t" in text or "\n" in text or "\r" in text:
+        return text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    return text
 
 
 def convert(
