@@ -158,7 +158,10 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
         if isinstance(exc, (ssl.SSLError, ftplib.error_reply, ftplib.error_proto)):
             return True  # the session is out of step with the server: start over
         if isinstance(exc, ftplib.error_temp):
-            return str(exc).startswith("421")  # "service not available, closing"
+            # 421 "service not available, closing"; 425/426: the data connection could
+            # not be opened or broke mid-transfer (a network failure, not an answer
+            # about the file): start over on a fresh session
+            return str(exc).startswith(("421", "425", "426"))
         return is_network_error(exc)
 
     # --- helpers --------------------------------------------------------------------
