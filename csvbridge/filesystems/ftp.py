@@ -178,6 +178,9 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
     def _size(self, s: _Session, absolute: str) -> int | None:
         """SIZE of a file, None if the server cannot tell (a directory, no SIZE...)."""
         try:
+            # ftplib switches to ASCII for every listing (retrlines sends TYPE A), and
+            # servers refuse SIZE in ASCII mode (550), or count converted line endings
+            s.ftp.voidcmd("TYPE I")
             size = s.ftp.size(absolute)
         except ftplib.error_perm:
             return None
