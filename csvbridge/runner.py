@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from csvbridge.config import Settings, SourceSettings
-from csvbridge.errors import AuthError, CsvBridgeError, SourceUnavailable, TerminalError
+from csvbridge.errors import AuthError, CsvBridgeError, TerminalError, TransientError
 from csvbridge.filesystems import FileInfo, FileSystem, filesystem_for
 from csvbridge.observe import Metrics, MetricsServer
 from csvbridge.pipeline import Outcome, process_file
@@ -167,7 +167,7 @@ class Runner:
                 self.metrics.set("last_success_timestamp_seconds", self.clock(), source=source.name)
         except AuthError:
             raise
-        except (SourceUnavailable, TerminalError) as exc:
+        except (TransientError, TerminalError) as exc:
             result.error = str(exc)
             self.last_error = f"{source.name}: {exc}"
             self.metrics.inc("errors_total", source=source.name, kind=type(exc).__name__)
@@ -276,8 +276,10 @@ class Runner:
             entry.update(self._file_away(fs, source, stages, path, name, outcome))
             if file_id is not None:
                 self._finish_ledger(file_id, outcome, entry)
-        except (SourceUnavailable, AuthError):
-            raise  # leave the file in processing/: resumed next pass
+        except (TransientError, AuthError):
+            # source gone, transfer cut short, ledger busy...: not the file's fault;
+            # leave it in processing/, resumed next pass
+            raise
         except CsvBridgeError as exc:
             entry.update(self._fail(fs, stages, path, name, str(exc)))
         except Exception as exc:  # a bug must not block the files behind this one
