@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from csvbridge.config import Settings, SourceSettings
-from csvbridge.errors import AuthError, CsvBridgeError, TerminalError, TransientError
+from csvbridge.errors import (
+    AuthError,
+    ConfigError,
+    CsvBridgeError,
+    TerminalError,
+    TransientError,
+)
 from csvbridge.filesystems import FileInfo, FileSystem, filesystem_for
 from csvbridge.observe import Metrics, MetricsServer
 from csvbridge.pipeline import Outcome, process_file
@@ -165,8 +171,8 @@ class Runner:
                     result.files.append(self._process(fs, source, stages, info, claimed=False))
             if not any(f["status"] == "incomplete" for f in result.files):
                 self.metrics.set("last_success_timestamp_seconds", self.clock(), source=source.name)
-        except AuthError:
-            raise
+        except (AuthError, ConfigError):
+            raise  # stops the pass: a configuration fix, not this source's problem
         except (TransientError, TerminalError) as exc:
             result.error = str(exc)
             self.last_error = f"{source.name}: {exc}"
@@ -276,9 +282,9 @@ class Runner:
             entry.update(self._file_away(fs, source, stages, path, name, outcome))
             if file_id is not None:
                 self._finish_ledger(file_id, outcome, entry)
-        except (TransientError, AuthError):
-            # source gone, transfer cut short, ledger busy...: not the file's fault;
-            # leave it in processing/, resumed next pass
+        except (TransientError, AuthError, ConfigError):
+            # source gone, transfer cut short, ledger busy, API token or site id wrong...:
+            # not the file's fault; leave it in processing/, resumed next pass
             raise
         except CsvBridgeError as exc:
             entry.update(self._fail(fs, stages, path, name, str(exc)))
@@ -409,7 +415,7 @@ def run_once(settings: Settings, *, progress: bool | None = False) -> PassSummar
         runner = Runner(settings, progress=progress)
         try:
             return runner.run_pass(settle=True)
-        except AuthError as exc:
+        except (AuthError, ConfigError) as exc:
             return PassSummary(fatal=str(exc))
         finally:
             runner.close()
@@ -465,7 +471,7 @@ def watch(
                         continue
                     try:
                         result = runner.run_source(source, settle=False)
-                    except AuthError as exc:
+                    except (AuthError, ConfigError) as exc:
                         log.error("%s: stopping", exc)
                         return 2
                     if result.error:
