@@ -162,14 +162,17 @@ class Runner:
                 for folder in stages.folders:
                     fs.mkdir(folder)
                 for info in self._resumable(fs, stages):
-                    if self.stop.is_set():
+                    if self.stop.is_set() or self._unfinished(result):
                         break
                     result.files.append(self._process(fs, source, stages, info, claimed=True))
-                for info in self._ready(fs, source, stages, settle):
-                    if self.stop.is_set():
+                # a file not completely shipped is resumed first next time; newer files
+                # wait for it, or their updates would be overwritten by its older data
+                ready = [] if self._unfinished(result) else self._ready(fs, source, stages, settle)
+                for info in ready:
+                    if self.stop.is_set() or self._unfinished(result):
                         break
                     result.files.append(self._process(fs, source, stages, info, claimed=False))
-            if not any(f["status"] == "incomplete" for f in result.files):
+            if not self._unfinished(result):
                 self.metrics.set("last_success_timestamp_seconds", self.clock(), source=source.name)
         except (AuthError, ConfigError):
             raise  # stops the pass: a configuration fix, not this source's problem
@@ -179,6 +182,10 @@ class Runner:
             self.metrics.inc("errors_total", source=source.name, kind=type(exc).__name__)
             log.error("source %s: %s", source.name, exc)
         return result
+
+    @staticmethod
+    def _unfinished(result: SourceResult) -> bool:
+        return any(f["status"] == "incomplete" for f in result.files)
 
     # ------------------------------------------------------------------ listing
 
