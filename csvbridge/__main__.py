@@ -1,3 +1,4 @@
 from csvbridge.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # guarded: worker processes may re-import the main module
+    raise SystemExit(main())

@@ -16,15 +16,18 @@ leaves half an answer behind.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -39,6 +42,7 @@ from csvbridge.mapping import Mapping, RowTransform, compile_mapping, load_mappi
 from csvbridge.reader import CHUNK_BYTES, CsvFile, Dialect, Row, parse_chunk
 from csvbridge.report import Problem, ProblemLog, Report
 
+log = logging.getLogger(__name__)
 ITEM_PRODUCT = "conversion_items.product."
 
 
@@ -484,6 +488,24 @@ def convert(
     return Converted(report, work / "objects.ndjson", work / "objects.index", work / "rejected.tsv")
 
 
+def _note(code: str, detail: str) -> Problem:
+    return Problem(code, detail, None, (), None, warning=True)
+
+
+def _context() -> Any:
+    """fork when this process is single-threaded (cheapest); otherwise forkserver.
+
+    Forking a process whose other threads (the daemon's watchdog, metrics server,
+    shipping pool) may hold a lock at that instant can deadlock the child; forkserver
+    forks workers from a clean single-threaded server instead.
+    """
+    if threading.active_count() == 1:
+        return get_context("fork")
+    ctx = get_context("forkserver")
+    ctx.set_forkserver_preload(["csvbridge.convert"])
+    return ctx
+
+
 class _Engine:
     def __init__(
         self,
@@ -511,53 +533,57 @@ class _Engine:
         if self.workers > 1 and size > 2 * self.chunk_bytes:
             self.pool = ProcessPoolExecutor(
                 self.workers,
-                mp_context=get_context("fork"),
+                mp_context=_context(),
                 initializer=_init_worker,
                 initargs=(self.spec,),
             )
         notes: list[Problem] = []
         try:
-            for attempt in ("grouped", "regroup", "single"):
-                writer = _Writer(self.work, self._reset(notes), self.dedupe)
-                try:
-                    if attempt == "grouped":
-                        self._grouped(writer)
-                    else:  # "single": one piece, for files whose quotes defeat chunking
-                        self._regroup(writer, self.chunk_bytes if attempt == "regroup" else 0)
-                    return
-                except _Ungrouped:
-                    notes.append(
-                        Problem(
-                            "UNGROUPED_FILE",
-                            "rows of some conversions are not consecutive; the file was "
-                            "regrouped by conversion id (on disk, bounded memory)",
-                            None,
-                            (),
-                            None,
-                            warning=True,
-                        )
-                    )
-                except _Boundary:
-                    notes.append(
-                        Problem(
-                            "UNBALANCED_QUOTES",
-                            "a quote character inside an unquoted field; the file was read "
-                            "in one piece",
-                            None,
-                            (),
-                            None,
-                            warning=True,
-                        )
-                    )
-                    writer.close()
-                    writer = _Writer(self.work, self._reset(notes), self.dedupe)
-                    self._regroup(writer, 0)
-                    return
-                finally:
-                    writer.close()
+            self._attempts(notes)
+        except BrokenProcessPool:
+            # a worker died (killed, or a main module that cannot be re-imported):
+            # do the whole file again in this process rather than fail it
+            log.warning("convert workers failed; converting %s in one process", self.path)
+            self.pool.shutdown(cancel_futures=True)  # type: ignore[union-attr]
+            self.pool = None
+            self._attempts(notes)
         finally:
             if self.pool is not None:
                 self.pool.shutdown(cancel_futures=True)
+
+    def _attempts(self, notes: list[Problem]) -> None:
+        """Grouped streaming first; regroup on disk if an id comes back; read the file as
+        one sequential stream if a stray quote defeats chunking."""
+        mode = "grouped"
+        while True:
+            writer = _Writer(self.work, self._reset(notes), self.dedupe)
+            try:
+                if mode == "grouped":
+                    self._grouped(writer)
+                else:
+                    self._regroup(writer, self.chunk_bytes if mode == "regroup" else 0)
+                return
+            except _Ungrouped:
+                notes.append(
+                    _note(
+                        "UNGROUPED_FILE",
+                        "rows of some conversions are not "
+                        "consecutive; the file was regrouped by conversion id "
+                        "(on disk, bounded memory)",
+                    )
+                )
+                mode = "regroup"
+            except _Boundary:
+                notes.append(
+                    _note(
+                        "UNBALANCED_QUOTES",
+                        "a quote character inside an "
+                        "unquoted field; the file was read as one stream",
+                    )
+                )
+                mode = "single"
+            finally:
+                writer.close()
 
     def _reset(self, notes: list[Problem]) -> Report:
         """The report, emptied of a previous attempt's counts (file-level notes kept)."""

@@ -36,7 +36,7 @@ from typing import Any
 
 from csvbridge.config import Settings, SourceSettings
 from csvbridge.errors import (
-    AuthError,
+    ApiTerminalError,
     ConfigError,
     CsvBridgeError,
     TerminalError,
@@ -174,7 +174,7 @@ class Runner:
                     result.files.append(self._process(fs, source, stages, info, claimed=False))
             if not self._unfinished(result):
                 self.metrics.set("last_success_timestamp_seconds", self.clock(), source=source.name)
-        except (AuthError, ConfigError):
+        except (ApiTerminalError, ConfigError):
             raise  # stops the pass: a configuration fix, not this source's problem
         except (TransientError, TerminalError) as exc:
             result.error = str(exc)
@@ -289,7 +289,7 @@ class Runner:
             entry.update(self._file_away(fs, source, stages, path, name, outcome))
             if file_id is not None:
                 self._finish_ledger(file_id, outcome, entry)
-        except (TransientError, AuthError, ConfigError):
+        except (TransientError, ApiTerminalError, ConfigError):
             # source gone, transfer cut short, ledger busy, API token or site id wrong...:
             # not the file's fault; leave it in processing/, resumed next pass
             raise
@@ -422,7 +422,7 @@ def run_once(settings: Settings, *, progress: bool | None = False) -> PassSummar
         runner = Runner(settings, progress=progress)
         try:
             return runner.run_pass(settle=True)
-        except (AuthError, ConfigError) as exc:
+        except (ApiTerminalError, ConfigError) as exc:  # 401/403, a wrong URL: config
             return PassSummary(fatal=str(exc))
         finally:
             runner.close()
@@ -478,7 +478,7 @@ def watch(
                         continue
                     try:
                         result = runner.run_source(source, settle=False)
-                    except (AuthError, ConfigError) as exc:
+                    except (ApiTerminalError, ConfigError) as exc:
                         log.error("%s: stopping", exc)
                         return 2
                     if result.error:
