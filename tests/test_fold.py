@@ -1,0 +1,330 @@
+"""Folding item rows into conversions: nesting, levels, conflicts, items, requirements."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from csvbridge.cells import CodecOptions
+from csvbridge.errors import InputError
+from csvbridge.fold import Built, Plan, normalize_header
+from csvbridge.models import TEMPLATE_HEADER, Conversion
+from csvbridge.reader import Row
+
+BASE = {
+    "id": "c1",
+    "user.email": "user@example.com",
+    "type": "online",
+    "status": "pending",
+    "created": "2019-04-29T13:47:47Z",
+    "currency": "EUR",
+    "conversion_items.id": "i1",
+    "conversion_items.original_quantity": "1",
+    "conversion_items.product.id": "p1",
+}
+
+
+def plan_for(header: list[str], **kw: Any) -> Plan:
+    return Plan([normalize_header(h) for h in header], list(header), **kw)
+
+
+def fold(rows: list[dict[str, str]], *, header: list[str] | None = None, **kw: Any) -> Built:
+    """Build one conversion from rows given as {column: cell} (missing columns empty)."""
+    header = header or list(dict.fromkeys(k for r in [BASE, *rows] for k in r))
+    plan = plan_for(header, **kw)
+    return plan.build([Row(n + 2, [r.get(h, "") for h in header]) for n, r in enumerate(rows)])
+
+
+def obj(built: Built) -> dict[str, Any]:
+    assert built.record is not None, [p.as_text() for p in built.problems]
+    return json.loads(built.record.json)
+
+
+def codes(built: Built) -> list[str]:
+    return [p.code for p in built.problems if not p.warning]
+
+
+# --------------------------------------------------------------------------- nesting
+
+
+def test_dot_paths_nest_and_item_columns_are_per_row():
+    head = {
+        **BASE,
+        "billing_address.coordinates.latitude": "48.85",
+        "billing_address.locality": "Paris",
+    }
+    built = fold(
+        [
+            head,
+            {
+                **head,
+                "conversion_items.id": "i2",
+                "conversion_items.product.id": "p2",
+                "conversion_items.price": "3",
+            },
+        ]
+    )
+    o = obj(built)
+    assert o["billing_address"] == {"coordinates": {"latitude": 48.85}, "locality": "Paris"}
+    assert o["user"] == {"email": "user@example.com"}
+    assert o["conversion_items"] == [
+        {"id": "i1", "original_quantity": 1, "product": {"id": "p1"}},
+        {"id": "i2", "original_quantity": 1, "product": {"id": "p2"}, "price": 3},
+    ]
+    assert built.record.lines == (2, 3)
+    Conversion.model_validate(o)
+
+
+def test_lists_are_split_on_pipes():
+    o = obj(
+        fold(
+            [
+                {
+                    **BASE,
+                    "conversion_items.product.tags": "mugs|handle",
+                    "conversion_items.product.colors": "white|red",
+                    "consent_categories": "1|3",
+                }
+            ]
+        )
+    )
+    product = o["conversion_items"][0]["product"]
+    assert product["tags"] == ["mugs", "handle"] and product["colors"] == ["white", "red"]
+    assert o["user"]["consent_categories"] == ["1", "3"]  # bare template name -> user.*
+    Conversion.model_validate(o)
+
+
+def test_custom_objects_at_every_level():
+    o = obj(
+        fold(
+            [
+                {
+                    **BASE,
+                    "custom.referer": "newsletter",
+                    "conversion_items.custom.gift": "yes",
+                    "conversion_items.product.custom.warehouse": "B",
+                    "user.user_email": "u@example.com",
+                }
+            ]
+        )
+    )
+    assert o["custom"] == {"referer": "newsletter"}
+    assert o["conversion_items"][0]["custom"] == {"gift": "yes"}
+    assert o["conversion_items"][0]["product"]["custom"] == {"warehouse": "B"}
+    assert o["user"] == {"email": "user@example.com", "user_email": "u@example.com"}
+    Conversion.model_validate(o)
+
+
+def test_header_matching_ignores_case_and_surrounding_spaces():
+    header = [" ID ", "User.Email", "TYPE", " status", "Created ", "currency",
+              "Conversion_Items.ID", "conversion_items.Original_Quantity", " conversion_items.product.id "]  # fmt: skip
+    plan = plan_for(header)
+    built = plan.build([Row(2, [BASE[normalize_header(h)] for h in header])])
+    assert obj(built)["id"] == "c1"
+    assert normalize_header(" Consent_Categories ") == "user.consent_categories"
+
+
+def test_bare_custom_object_columns_are_ignored():
+    header = [*BASE, "custom", "conversion_items.custom", "conversion_items.product.custom"]
+    plan = plan_for(header)
+    assert [plan.paths[i] for i, _ in plan.ignored] == header[-3:]
+    built = plan.build([Row(2, [*BASE.values(), "a", "b", "c"])])
+    assert "custom" not in obj(built)
+    Conversion.model_validate(obj(built))
+
+
+def test_unknown_and_read_only_columns_are_ignored_with_a_reason():
+    plan = plan_for([*BASE, "original_quantity", "final_quantity", "colour", ""])
+    reasons = {plan.paths[i]: r for i, r in plan.ignored}
+    assert "read-only" in reasons["original_quantity"] and "read-only" in reasons["final_quantity"]
+    assert "colour" in reasons
+    row = Row(2, [*BASE.values(), "3", "1", "red", "x"])
+    o = obj(plan.build([row]))
+    assert "original_quantity" not in o and "final_quantity" not in o and "colour" not in o
+
+
+def test_empty_cells_are_omitted_never_empty_or_null():
+    header = list(TEMPLATE_HEADER)
+    plan = plan_for(header)
+    cells = {h: "" for h in header}
+    cells.update({normalize_header(k): v for k, v in BASE.items()})
+    cells["user.user_email"] = cells.pop("user.email")
+    cells["consent_categories"] = ""
+    built = plan.build([Row(2, [cells.get(h, "") for h in header])])
+    text = built.record.json.decode()
+    assert '""' not in text and "null" not in text and "{}" not in text and "[]" not in text
+    o = json.loads(text)
+    assert "billing_address" not in o and "custom" not in o
+    assert o["conversion_items"] == [{"id": "i1", "original_quantity": 1, "product": {"id": "p1"}}]
+
+
+def test_values_keep_their_text():
+    o = obj(
+        fold(
+            [
+                {
+                    **BASE,
+                    "billing_address.postal_code": "01000",
+                    "conversion_items.product.id": "0170301",
+                }
+            ]
+        )
+    )
+    assert o["billing_address"]["postal_code"] == "01000"
+    assert o["conversion_items"][0]["product"]["id"] == "0170301"
+
+
+# --------------------------------------------------------------------------- conflicts
+
+
+def rows_with_conflict() -> list[dict[str, str]]:
+    return [
+        {**BASE, "comment": "leave at door"},
+        {**BASE, "comment": "ring twice", "conversion_items.id": "i2"},
+        {**BASE, "comment": "leave at door", "conversion_items.id": "i3"},
+    ]
+
+
+def test_conflicting_conversion_values_are_reported_and_rejected_by_default():
+    built = fold(rows_with_conflict())
+    assert built.record is None
+    (p,) = built.problems
+    assert p.code == "CONFLICTING_VALUES" and not p.warning
+    assert p.property == "comment" and p.column == "comment"
+    assert p.lines == (2, 3, 4)
+    assert p.value == "leave at door | ring twice"
+
+
+@pytest.mark.parametrize(("how", "kept"), [("first", "leave at door"), ("last", "leave at door")])
+def test_conflict_first_or_last_keeps_one_value(how, kept):
+    built = fold(rows_with_conflict(), conflict=how)
+    assert obj(built)["comment"] == kept
+    assert [p.code for p in built.problems] == ["CONFLICTING_VALUES"]
+    assert built.problems[0].warning
+
+
+def test_conflict_last_takes_the_last_row():
+    rows = [{**BASE, "comment": "a"}, {**BASE, "comment": "b", "conversion_items.id": "i2"}]
+    assert obj(fold(rows, conflict="last"))["comment"] == "b"
+    assert obj(fold(rows, conflict="first"))["comment"] == "a"
+
+
+def test_item_columns_never_conflict():
+    rows = [
+        {**BASE, "conversion_items.price": "1"},
+        {**BASE, "conversion_items.id": "i2", "conversion_items.price": "2"},
+    ]
+    assert [i["price"] for i in obj(fold(rows))["conversion_items"]] == [1, 2]
+
+
+# --------------------------------------------------------------------------- items
+
+
+def test_duplicate_item_ids_are_rejected_with_both_lines():
+    built = fold([BASE, {**BASE, "conversion_items.product.id": "p2"}])
+    assert codes(built) == ["DUPLICATE_ITEM_ID"]
+    assert built.problems[0].lines == (2, 3)
+
+
+def items(n: int) -> list[dict[str, str]]:
+    return [
+        {**BASE, "conversion_items.id": f"i{k}", "conversion_items.product.id": f"p{k}"}
+        for k in range(n)
+    ]
+
+
+def test_150_items_are_accepted_151_rejected():
+    assert len(obj(fold(items(150)))["conversion_items"]) == 150
+    built = fold(items(151))
+    assert codes(built) == ["TOO_MANY_ITEMS"]
+    assert len(built.problems[0].lines) == 151
+
+
+def test_item_id_falls_back_to_the_product_id_when_the_column_is_absent():
+    header = [h for h in BASE if h != "conversion_items.id"]
+    rows = [BASE, {**BASE, "conversion_items.product.id": "p2"}]
+    o = obj(fold(rows, header=header))
+    assert [(i["id"], i["product"]["id"]) for i in o["conversion_items"]] == [
+        ("p1", "p1"),
+        ("p2", "p2"),
+    ]
+    Conversion.model_validate(o)
+    # the same product twice then needs item ids
+    assert codes(fold([BASE, BASE], header=header)) == ["DUPLICATE_ITEM_ID"]
+
+
+def test_empty_item_id_is_missing_even_with_a_product_id():
+    built = fold([{**BASE, "conversion_items.id": ""}])
+    assert codes(built) == ["MISSING_REQUIRED_PROPERTY"]
+    assert built.problems[0].property == "conversion_items.id"
+
+
+# --------------------------------------------------------------------------- requirements
+
+
+@pytest.mark.parametrize(
+    "column",
+    ["user.email", "type", "status", "created", "currency", "conversion_items.id",
+     "conversion_items.original_quantity", "conversion_items.product.id"],
+)  # fmt: skip
+def test_missing_required_values_are_reported_with_their_line(column):
+    rows = [BASE, {**BASE, "conversion_items.id": "i2", "conversion_items.product.id": "p2"}]
+    if column.startswith("conversion_items."):
+        rows[1] = {**rows[1], column: ""}  # one item
+    else:
+        rows = [{**r, column: ""} for r in rows]  # the conversion, on every row
+    built = fold(rows)
+    assert built.record is None
+    (p,) = built.problems
+    assert p.code == "MISSING_REQUIRED_PROPERTY"
+    assert p.property == ("user" if column == "user.email" else column)
+    assert p.lines == ((3,) if column.startswith("conversion_items.") else (2,))
+    assert p.id == "c1"
+
+
+@pytest.mark.parametrize(
+    "column",
+    ["id", "type", "status", "created", "currency", "user.email",
+     "conversion_items.original_quantity", "conversion_items.product.id"],
+)  # fmt: skip
+def test_missing_required_column_is_an_input_error_naming_it(column):
+    with pytest.raises(InputError) as info:
+        plan_for([h for h in BASE if h != column])
+    assert column.split(" ")[0] in str(info.value)
+
+
+def test_two_columns_for_one_field_is_an_input_error():
+    with pytest.raises(InputError, match="both fill"):
+        plan_for([*BASE, "User.Email"])
+
+
+def test_invalid_cells_are_reported_with_column_line_value_and_id():
+    built = fold([{**BASE, "currency": "eur", "conversion_items.price": "cheap"}])
+    assert built.record is None
+    by_prop = {p.property: p for p in built.problems}
+    assert by_prop["currency"].code == "INVALID_PROPERTY_FORMAT"
+    assert by_prop["currency"].value == "eur" and by_prop["currency"].lines == (2,)
+    assert by_prop["conversion_items.price"].code == "INVALID_PROPERTY_TYPE"
+    assert by_prop["conversion_items.price"].id == "c1"
+
+
+def test_invalid_cells_are_reported_on_every_row():
+    rows = [
+        {**BASE, "conversion_items.id": f"i{k}", "conversion_items.price": "x"} for k in range(3)
+    ]
+    built = fold(rows)
+    assert [p.lines for p in built.problems] == [(2,), (3,), (4,)]
+
+
+def test_spreadsheet_damage_warns_by_default_and_rejects_when_strict():
+    row = {**BASE, "conversion_items.product.gtin": "1.35E+17"}
+    built = fold([row, {**row, "conversion_items.id": "i2"}])
+    assert obj(built)["conversion_items"][0]["product"]["gtin"] == "1.35E+17"
+    assert [(p.code, p.warning, p.lines) for p in built.problems] == [
+        ("SPREADSHEET_DAMAGE", True, (2,)),
+        ("SPREADSHEET_DAMAGE", True, (3,)),
+    ]
+    strict = fold([row], options=CodecOptions(strict=True))
+    assert strict.record is None and codes(strict) == ["SPREADSHEET_DAMAGE"]
