@@ -1,0 +1,401 @@
+"""The convert engine: grouped/ungrouped files, chunking, parallelism, sources, the report."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import csvbridge.reader
+from csvbridge.config import ConvertSettings
+from csvbridge.convert import convert, read_records
+from csvbridge.errors import InputError
+from csvbridge.models import Conversion
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+TEMPLATE = Path("/work/shared/reference/commandersact-conversions-csv-template.csv")
+HEADER = [
+    "id", "user.email", "type", "status", "created", "currency", "comment",
+    "conversion_items.id", "conversion_items.original_quantity", "conversion_items.price",
+    "conversion_items.product.id", "conversion_items.product.name",
+]  # fmt: skip
+
+
+def row(
+    cid: str, item: int, *, status: str = "pending", comment: str = "", name: str = ""
+) -> list[str]:
+    return [cid, "u@example.com", "online", status, "2019-04-29T13:47:47Z", "EUR", comment,
+            f"i{item}", "1", "9.5", f"p{item}", name or f"Product {item}"]  # fmt: skip
+
+
+def to_csv(
+    rows: list[list[str]], header: list[str] = HEADER, *, delimiter: str = ",", eol: str = "\n"
+) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter=delimiter, lineterminator=eol)
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def run(tmp_path: Path, data: bytes | Path, name: str = "in.csv", **kw: Any):
+    """(ndjson bytes, report, Converted) for `data`."""
+    settings = kw.pop("settings", None) or ConvertSettings(
+        workers=kw.pop("workers", 1), **kw.pop("s", {})
+    )
+    if isinstance(data, bytes):
+        src = tmp_path / name
+        src.write_bytes(data)
+    else:
+        src = data
+    work = tmp_path / f"work-{len(list(tmp_path.iterdir()))}"
+    done = convert(src, work, settings=settings, **kw)
+    return done.ndjson.read_bytes(), done.report, done
+
+
+def conversions_of(nd: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in nd.splitlines()]
+
+
+def grouped_rows(n: int, seed: int = 0) -> list[list[str]]:
+    """n conversions of 1-4 items, a few invalid, comments with delimiters and newlines."""
+    rnd = random.Random(seed)
+    rows = []
+    for c in range(n):
+        status = "bogus" if rnd.random() < 0.1 else "pending"
+        comment = rnd.choice(["", "a, b", 'say "hi"', "two\nlines", "crlf\r\nhere"])
+        for k in range(rnd.randint(1, 4)):
+            rows.append(
+                row(
+                    f"c{c:04d}",
+                    k,
+                    status=status,
+                    comment=comment,
+                    name=rnd.choice(["x", "y,z", "é\n"]),
+                )
+            )
+    return rows
+
+
+def ungroup(rows: list[list[str]], seed: int = 0) -> list[list[str]]:
+    """Interleave the rows of conversions, keeping first appearances and each one's row order."""
+    rnd = random.Random(seed)
+    by_id: dict[str, list[list[str]]] = {}
+    for r in rows:
+        by_id.setdefault(r[0], []).append(r)
+    out: list[list[str]] = []
+    pending: list[list[list[str]]] = []
+    for group in by_id.values():
+        out.append(group[0])
+        if group[1:]:
+            pending.append(list(group[1:]))
+        while pending and rnd.random() < 0.6:
+            queue = rnd.choice(pending)
+            out.append(queue.pop(0))
+            if not queue:
+                pending.remove(queue)
+    while pending:
+        queue = rnd.choice(pending)
+        out.append(queue.pop(0))
+        if not queue:
+            pending.remove(queue)
+    return out
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def test_grouped_and_ungrouped_files_give_byte_identical_output(tmp_path):
+    rows = grouped_rows(40)
+    shuffled = ungroup(rows)
+    assert shuffled != rows
+    nd1, rep1, _ = run(tmp_path, to_csv(rows))
+    nd2, rep2, _ = run(tmp_path, to_csv(shuffled))
+    assert nd1 == nd2 and nd1
+    assert (rep1.objects_valid, rep1.objects_rejected) == (
+        rep2.objects_valid,
+        rep2.objects_rejected,
+    )
+    assert rep2.objects_rejected > 0
+    assert [w["code"] for w in rep2.problems.warnings] == ["UNGROUPED_FILE"]
+    assert not rep1.problems.warnings
+    assert rep1.accounted and rep2.accounted
+
+
+def test_ungrouped_file_keeps_items_in_file_order_and_reports_source_lines(tmp_path):
+    data = to_csv([row("a", 1), row("b", 1), row("a", 2), row("b", 2), row("a", 3)])
+    nd, _, done = run(tmp_path, data)
+    objs = conversions_of(nd)
+    assert [o["id"] for o in objs] == ["a", "b"]
+    assert [i["id"] for i in objs[0]["conversion_items"]] == ["i1", "i2", "i3"]
+    assert [(r.id, r.lines) for r in read_records(done.ndjson, done.index)] == [
+        ("a", (2, 4, 6)),
+        ("b", (3, 5)),
+    ]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_larger_ungrouped_file_with_small_chunks(tmp_path, workers):
+    rows = grouped_rows(500, seed=1)
+    reference, ref_report, _ = run(tmp_path, to_csv(rows))
+    nd, report, _ = run(tmp_path, to_csv(ungroup(rows, seed=2)), chunk_bytes=4096, workers=workers)
+    assert nd == reference
+    assert report.objects_valid == ref_report.objects_valid
+    assert report.rows_read == len(rows) and report.accounted
+
+
+@pytest.mark.parametrize("chunk", [64, 300, 1500])
+def test_chunk_size_never_changes_the_output(tmp_path, chunk):
+    data = to_csv(grouped_rows(60, seed=3), eol="\r\n") + b"\n\n"
+    nd1, rep1, _ = run(tmp_path, data)
+    nd2, rep2, _ = run(tmp_path, data, chunk_bytes=chunk)
+    assert nd1 == nd2
+    assert rep1.problems.errors == rep2.problems.errors
+    assert (
+        (rep1.rows_read, rep1.rows_skipped)
+        == (rep2.rows_read, rep2.rows_skipped)
+        == (len(grouped_rows(60, seed=3)) + 2, 2)
+    )
+
+
+def test_parallel_workers_give_the_same_output(tmp_path):
+    data = to_csv(grouped_rows(400, seed=4))
+    nd1, rep1, _ = run(tmp_path, data)
+    nd2, rep2, _ = run(tmp_path, data, chunk_bytes=2048, workers=2)
+    assert nd1 == nd2
+    assert rep1.problems.errors == rep2.problems.errors
+
+
+# --------------------------------------------------------------------------- quotes
+
+
+def line_of(cells: list[str]) -> str:
+    one = io.StringIO()
+    csv.writer(one, lineterminator="\n").writerow(cells)
+    return one.getvalue()
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_stray_quote_in_an_unquoted_field_still_converts_correctly(tmp_path, grouped):
+    rows = grouped_rows(30, seed=5)
+    rows = rows if grouped else ungroup(rows, seed=6)
+    target = next(i for i, r in enumerate(rows) if r[3] == "pending" and i > 20)
+    rows[target][11] = '5" screen'  # written unquoted by a careless exporter
+    text = line_of(HEADER) + "".join(
+        line_of(r) if i != target else line_of(r[:-1])[:-1] + ',5" screen\n'
+        for i, r in enumerate(rows)
+    )
+    assert ',5" screen\n' in text
+    expected, report, _ = run(tmp_path, text.encode())  # one chunk: the csv module copes
+    assert '"name":"5\\" screen"' in expected.decode()
+    assert report.objects_rejected == len({r[0] for r in rows if r[3] != "pending"})
+    for chunk in (64, 256, 1024):
+        nd, report, _ = run(tmp_path, text.encode(), chunk_bytes=chunk)
+        assert nd == expected, chunk
+        assert report.accounted
+    assert "UNBALANCED_QUOTES" in [w["code"] for w in report.problems.warnings]
+
+
+def test_quote_that_never_closes_is_an_input_error(tmp_path):
+    data = (
+        line_of(HEADER)
+        + line_of(row("a", 1))
+        + 'b,u@example.com,online,pending,2019-04-29T13:47:47Z,EUR,"never closed\n'
+        + line_of(row("c", 1))
+    ).encode()
+    for chunk in (64, 1 << 20):
+        try:
+            nd, report, _ = run(tmp_path, data, chunk_bytes=chunk)
+        except InputError as exc:  # refusing the file is fine too
+            assert "quote" in str(exc)
+            continue
+        # the rest of the file is one cell of row b: nothing after it may be emitted
+        assert [o["id"] for o in conversions_of(nd)] == ["a"]
+        assert report.objects_rejected == 1 and report.accounted
+        assert 3 in report.problems.errors[0]["meta"]["line_numbers"]
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def test_gzip_and_stream_sources(tmp_path):
+    raw = TEMPLATE.read_bytes()
+    s = {"conflict": "first"}
+    plain, _, _ = run(tmp_path, raw, s=s)
+    zipped, report, _ = run(tmp_path, gzip.compress(raw), name="t.csv.gz", s=s)
+    assert zipped == plain and report.dialect["gzip"] is True
+    stream, _, _ = run(tmp_path, io.BytesIO(raw), s=s)  # type: ignore[arg-type]
+    assert stream == plain
+
+
+def test_stdin_dash(tmp_path, monkeypatch):
+    raw = TEMPLATE.read_bytes()
+
+    class FakeStdin:
+        buffer = io.BufferedReader(io.BytesIO(raw))
+
+    monkeypatch.setattr(sys, "stdin", FakeStdin)
+    done = convert("-", tmp_path / "w", settings=ConvertSettings(workers=1, conflict="first"))
+    assert done.report.objects_valid == 5
+    assert done.report.file == "-"
+
+
+def test_french_semicolon_cp1252_and_its_utf8_bom_tab_sibling(tmp_path):
+    semi, rep1, _ = run(tmp_path, FIXTURES / "orders_semicolon_cp1252.csv")
+    tab, rep2, _ = run(tmp_path, FIXTURES / "orders_bom.csv")
+    assert rep1.dialect["encoding"] == "cp1252" and rep1.dialect["delimiter"] == ";"
+    assert rep1.dialect["decimal_comma"] is True
+    assert rep2.dialect["bom"] is True and rep2.dialect["delimiter"] == "\t"
+    assert rep2.dialect["decimal_comma"] is False
+    assert semi == tab
+    objs = conversions_of(semi)
+    assert rep1.objects_valid == 3 and rep1.objects_rejected == 0
+    first = objs[0]
+    assert first["comment"] == "Livrer à la loge; merci"
+    assert first["billing_address"]["postal_code"] == "01000"
+    assert [i["price"] for i in first["conversion_items"]] == [12.5, 7.5]
+    assert objs[1]["final_amount"] == 1249
+    assert first["conversion_items"][0]["product"]["tags"] == ["fait-main", "grès"]
+    assert first["conversion_items"][0]["product"]["gtin"] == "3017620422003"
+    for o in objs:
+        Conversion.model_validate(o)
+
+
+def test_decimal_comma_is_only_assumed_for_semicolon_files(tmp_path):
+    rows = [row("a", 1)]
+    rows[0][9] = "9,5"
+    nd, report, _ = run(tmp_path, to_csv(rows, delimiter=";"))
+    assert conversions_of(nd)[0]["conversion_items"][0]["price"] == 9.5
+    nd, report, _ = run(tmp_path, to_csv(rows, delimiter="\t"))
+    assert not nd and report.problems.errors[0]["code"] == "INVALID_PROPERTY_TYPE"
+    nd, report, _ = run(tmp_path, to_csv(rows, delimiter="\t"), s={"decimal_comma": True})
+    assert conversions_of(nd)[0]["conversion_items"][0]["price"] == 9.5
+
+
+def test_bad_bytes_after_the_detection_sample_reject_their_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(csvbridge.reader, "SAMPLE_BYTES", 512)
+    rows = [row(f"c{n:02d}", 1) for n in range(20)]
+    rows[15][11] = "CAFE"
+    data = to_csv(rows).replace(b"CAFE", b"Caf\xe9")
+    assert data.index(b"\xe9") > 512
+    nd, report, _ = run(tmp_path, data)
+    assert report.dialect["encoding"] == "utf-8"  # the sample decided
+    assert report.objects_valid == 19
+    (err,) = report.problems.errors
+    assert err["code"] == "ENCODING_ERROR"
+    assert err["meta"]["line_numbers"] == [17] and err["meta"]["ids"] == ["c15"]
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_every_row_is_accounted_for(tmp_path):
+    rows = [
+        row("a", 1),
+        row("a", 2),
+        row("b", 1, status="nope"),
+        row("c", 1)[:5],
+        row("", 1),
+        row("d", 1),
+    ]
+    data = to_csv(rows) + b"\n\n"
+    nd, report, _ = run(tmp_path, data)
+    assert report.rows_read == 8
+    assert report.rows_skipped == 2
+    assert report.rows_converted == 3  # a (2 rows) and d
+    assert report.rows_rejected == 3  # b, the ragged c, the row without id
+    assert report.objects_valid == 2 and report.objects_rejected == 3
+    assert report.accounted
+
+
+def test_ragged_rows_are_rejected_with_their_line_never_padded(tmp_path):
+    rows = [row("a", 1), row("a", 2)[:-2], row("b", 1), [*row("c", 1), "extra"]]
+    nd, report, _ = run(tmp_path, to_csv(rows))
+    assert [o["id"] for o in conversions_of(nd)] == ["b"]
+    ragged = [e for e in report.problems.errors if e["code"] == "ROW_LENGTH_MISMATCH"]
+    assert sorted((e["meta"]["line_numbers"], e["meta"]["ids"]) for e in ragged) == [
+        ([3], ["a"]),
+        ([5], ["c"]),
+    ]
+    assert "10 cells" in ragged[0]["detail"] and "13 cells" in ragged[1]["detail"]
+
+
+def test_rows_without_id(tmp_path):
+    nd, report, _ = run(tmp_path, to_csv([row("", 1), row("", 2), row("x", 1)]))
+    assert [o["id"] for o in conversions_of(nd)] == ["x"]
+    (err,) = report.problems.errors
+    assert (err["code"], err["meta"]["property"], err["meta"]["line_numbers"]) == (
+        "MISSING_REQUIRED_PROPERTY",
+        "id",
+        [2, 3],
+    )
+
+
+def test_aggregated_error_shape(tmp_path):
+    rows = [
+        row("a", 1, status="Pending"),
+        row("b", 1, status="Pending"),
+        row("c", 1, status="lost"),
+    ]
+    rows[2][10] = "1.35E+17"
+    _, report, _ = run(tmp_path, to_csv(rows))
+    d = json.loads(report.to_json())
+    assert d["accounted"] is True
+    (err,) = d["errors"]
+    assert err["code"] == "INVALID_PROPERTY_FORMAT"
+    assert isinstance(err["detail"], str) and err["detail"]
+    assert err["meta"]["property"] == "status" and err["meta"]["column"] == "status"
+    assert err["meta"]["line_numbers"] == [2, 3, 4]
+    assert err["meta"]["error_count"] == 3
+    assert err["meta"]["ids"] == ["a", "b", "c"]
+    assert err["meta"]["values"] == ["Pending", "lost"]
+    (warn,) = d["warnings"]
+    assert warn["code"] == "SPREADSHEET_DAMAGE"
+    assert warn["meta"]["property"] == "conversion_items.product.id"
+    assert warn["meta"]["line_numbers"] == [4]
+    assert d["rows"]["read"] == 3 and d["conversions"]["rejected"] == 3
+
+
+def test_template_file(tmp_path):
+    nd, report, _ = run(tmp_path, TEMPLATE)
+    assert (report.objects_valid, report.objects_rejected) == (2, 3)
+    conflict = next(e for e in report.problems.errors if e["code"] == "CONFLICTING_VALUES")
+    assert conflict["meta"]["property"] == "user.consent_categories"
+    assert conflict["meta"]["column"] == "consent_categories"
+    assert conflict["meta"]["line_numbers"] == [2, 3, 4, 5, 6, 7, 8]
+    damage = report.problems.warnings[0]
+    assert damage["code"] == "SPREADSHEET_DAMAGE" and damage["meta"]["error_count"] == 9
+
+    nd, report, _ = run(tmp_path, TEMPLATE, s={"conflict": "first"})
+    objs = conversions_of(nd)
+    assert [len(o["conversion_items"]) for o in objs] == [3, 2, 2, 1, 1]
+    assert objs[0]["user"]["consent_categories"] == ["3"]
+    assert objs[0]["conversion_items"][0]["product"]["gtin"] == "1.35E+17"
+    for o in objs:
+        Conversion.model_validate(o)
+
+    _, strict, _ = run(tmp_path, TEMPLATE, s={"conflict": "first", "strict": True})
+    assert strict.objects_valid == 0 and strict.objects_rejected == 5
+
+
+def test_ignored_columns_are_reported_once(tmp_path):
+    header = [*HEADER, "original_quantity", "Colour"]
+    rows = [[*row("a", 1), "3", "red"], [*row("a", 2), "3", "red"]]
+    nd, report, _ = run(tmp_path, to_csv(rows, header))
+    assert "original_quantity" not in conversions_of(nd)[0]
+    warned = {w["meta"]["column"]: w for w in report.problems.warnings}
+    assert set(warned) == {"original_quantity", "Colour"}
+    assert warned["original_quantity"]["meta"]["line_numbers"] == [1]
+
+
+def test_missing_required_column_is_an_input_error(tmp_path):
+    header = [h for h in HEADER if h != "currency"]
+    with pytest.raises(InputError, match="currency"):
+        run(tmp_path, to_csv([], header))
