@@ -145,6 +145,11 @@ class Plan:
             seen[path] = i
             self.codecs[i] = CachedCodec(make_codec(path, rule, options))
             used.append((i, path))
+        for i, path in [(i, p) for i, p in used if _under_a_value(p, seen)]:
+            # custom.a and custom.a.b: "a" cannot be a value and an object at once
+            used.remove((i, path))
+            del seen[path], self.codecs[i]
+            self.ignored.append((i, "a parent of this path is filled by another column"))
         self.column_of = seen
         self.item_id_from_product = False
         self._check_required()
@@ -434,6 +439,11 @@ class Plan:
                     )
                 )
         return out
+
+
+def _under_a_value(path: str, leaves: dict[str, int]) -> bool:
+    parts = path.split(".")
+    return any(".".join(parts[:k]) in leaves for k in range(1, len(parts)))
 
 
 def _flag(col: int, r: Any, P: list[tuple[int, Any]]) -> bytes:

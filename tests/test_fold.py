@@ -328,3 +328,14 @@ def test_spreadsheet_damage_warns_by_default_and_rejects_when_strict():
     ]
     strict = fold([row], options=CodecOptions(strict=True))
     assert strict.record is None and codes(strict) == ["SPREADSHEET_DAMAGE"]
+
+
+def test_a_value_column_and_a_column_below_it_never_give_duplicate_keys():
+    header = [*BASE, "custom.a.b", "custom.a", "user.email.x"]
+    plan = plan_for(header)
+    assert sorted(plan.paths[i] for i, _ in plan.ignored) == ["custom.a.b", "user.email.x"]
+    built = plan.build([Row(2, [*BASE.values(), "y", "x", "z"])])
+    text = built.record.json.decode()
+    assert text.count('"a":') == 1
+    assert json.loads(text)["custom"] == {"a": "x"}
+    assert json.loads(text)["user"] == {"email": "user@example.com"}
