@@ -255,12 +255,22 @@ class CsvFile:
         self._pending = b""
         stream = io.BufferedReader(_Joined(head, self._stream))  # type: ignore[arg-type]
         text = io.TextIOWrapper(stream, encoding=d.encoding, errors="replace", newline="")
-        reader = csv.reader(text, delimiter=d.delimiter, quotechar=d.quotechar)
+        # the text stream also ends a line at a bare CR; line numbers count LF (as the
+        # chunked path does), so count the LF-ended lines handed to the parser
+        handed = [0, ""]  # LF-ended lines before the last one handed out; the last one
+
+        def lines() -> Iterator[str]:
+            for piece in text:
+                handed[1] = piece
+                yield piece
+                handed[0] += piece.endswith("\n")
+
+        reader = csv.reader(lines(), delimiter=d.delimiter, quotechar=d.quotechar)
         base = self.header_lines
         prev = 0
         for cells in reader:
             start = base + prev + 1
-            prev = reader.line_num
+            prev = handed[0] + handed[1].endswith("\n")
             yield Row(start, cells) if cells else None
 
     @staticmethod

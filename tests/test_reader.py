@@ -339,3 +339,18 @@ def test_stray_quote_is_detected_by_the_sentinel():
     assert whole[4] is True
     misaligned = [read_all(data, chunk=n)[4] for n in range(1, 40)]
     assert False in misaligned
+
+
+def test_sequential_rows_match_the_chunked_reader_line_for_line():
+    data = b'id,c\n1,"a\rb"\n2,5" tv\n\n3,"x\r\ny"\r\n4,"p\nq"\n5,z'
+    with CsvFile(io.BytesIO(data)) as f:
+        seq = [(r.line, r.cells) if r else None for r in f.rows()]
+    assert seq == [
+        (2, ["1", "a\rb"]),
+        (3, ["2", '5" tv']),
+        None,
+        (5, ["3", "x\r\ny"]),
+        (7, ["4", "p\nq"]),
+        (9, ["5", "z"]),
+    ]
+    assert [r for r in seq if r] == read_all(data)[2]
