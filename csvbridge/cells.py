@@ -86,6 +86,8 @@ def number_json(raw: str, decimal_comma: bool) -> bytes:
     """A JSON number from a CSV cell, keeping the cell's own spelling when it is valid JSON."""
     text = raw.strip()
     if decimal_comma and "," in text:
+        if text.rfind(".") > text.rfind(","):  # "1,234.56": not a decimal comma at all
+            raise CellError("INVALID_PROPERTY_TYPE", f"{raw!r} mixes decimal separators")
         text = text.replace(".", "").replace(" ", "").replace("\u00a0", "").replace(",", ".")
     if JSON_NUMBER.match(text):
         # JSON spelling, but 1e400 or 400 digits read back as infinity

@@ -98,6 +98,12 @@ def test_decimal_comma(raw, value):
     assert orjson.loads(number_json(raw, True)) == value
 
 
+@pytest.mark.parametrize("raw", ["1,234.56", "1,5.0", "1,2,3"])
+def test_decimal_comma_refuses_what_it_cannot_read(raw):
+    with pytest.raises(CellError):
+        number_json(raw, True)
+
+
 def test_number_codec_on_a_documented_field():
     assert ok("original_amount", "30") == 30
     assert ok("conversion_items.price", "12,5", decimal_comma=True) == 12.5
