@@ -36,7 +36,8 @@ def _convert_settings(
         }.items()
         if v is not None
     }
-    return base.model_copy(update=updates)
+    # validate: model_copy(update=...) would skip the field constraints (workers >= 1)
+    return ConvertSettings.model_validate({**base.model_dump(), **updates})
 
 
 def _exit_for(report: Report) -> int:

@@ -367,14 +367,24 @@ class Plan:
         )
 
     def _check_conflicts(self, rows: list[Row], cid: str, problems: list[Problem]) -> Row | None:
+        """Rows must agree on conversion-level fields; returns the row to take them from.
+
+        An empty cell agrees with anything: many exports (Shopify's among them) fill
+        order fields on an order's first row only, or leave them blank on some rows.
+        The values are then taken from the rows that have them.
+        """
         key = self._conv_key
         k0 = key(rows[0].cells)
         if all(key(r.cells) == k0 for r in rows[1:]):
             return None
         warn = self.conflict != "reject"
+        order = rows[::-1] if self.conflict == "last" else rows
+        merged = list(order[0].cells)
         for col in self.conv_cols:
             values = [r.cells[col] for r in rows]
-            distinct = list(dict.fromkeys(values))
+            distinct = [v for v in dict.fromkeys(values) if v]
+            if not merged[col] and distinct:
+                merged[col] = next(r.cells[col] for r in order if r.cells[col])
             if len(distinct) > 1:
                 how = (
                     f"; kept the {self.conflict} row's value"
@@ -394,7 +404,7 @@ class Plan:
                         warning=warn,
                     )
                 )
-        return rows[-1] if self.conflict == "last" else rows[0]
+        return Row(order[0].line, merged)
 
     def _missing(self, path: str, line: int, cid: str | None) -> Problem:
         col = self.column_of.get(path)

@@ -271,7 +271,7 @@ class CsvFile:
         for cells in reader:
             start = base + prev + 1
             prev = handed[0] + handed[1].endswith("\n")
-            yield Row(start, cells) if cells else None
+            yield Row(start, cells) if cells and (cells[0] or any(cells)) else None
 
     @staticmethod
     def _boundary(buf: bytes, quotes_odd: bool, end: int) -> int:
@@ -336,8 +336,8 @@ def parse_chunk(data: bytes, first_line: int, dialect: Dialect) -> ParsedChunk:
     for cells in reader:
         start = base + prev_end + 1
         prev_end = reader.line_num
-        if not cells:
-            out.blank += 1
+        if not cells or (not cells[0] and not any(cells)):
+            out.blank += 1  # a blank line, or a spreadsheet's trailing ",,,," row
             continue
         append(Row(start, cells))
     if "\r" in text and text.count("\r") != text.count("\r\n"):

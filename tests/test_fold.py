@@ -339,3 +339,39 @@ def test_a_value_column_and_a_column_below_it_never_give_duplicate_keys():
     assert text.count('"a":') == 1
     assert json.loads(text)["custom"] == {"a": "x"}
     assert json.loads(text)["user"] == {"email": "user@example.com"}
+
+
+# --------------------------------------------------------------------------- empty cells
+
+
+def test_order_fields_filled_on_the_first_row_only_are_not_a_conflict():
+    """Exports that write order fields on an order's first row only (blank after)."""
+    first = {**BASE, "comment": "ring twice", "shipping_amount": "4.90"}
+    later = {k: "" for k in first} | {
+        "id": "c1",
+        "conversion_items.id": "i2",
+        "conversion_items.original_quantity": "2",
+        "conversion_items.product.id": "p2",
+    }
+    built = fold([first, later])
+    o = obj(built)
+    assert o["comment"] == "ring twice" and o["shipping_amount"] == 4.90
+    assert [i["id"] for i in o["conversion_items"]] == ["i1", "i2"]
+    assert not built.problems
+
+
+def test_a_value_missing_on_the_first_row_is_taken_from_a_later_row():
+    first = {**BASE}
+    later = {**BASE, "conversion_items.id": "i2", "comment": "from row two"}
+    assert obj(fold([first, later]))["comment"] == "from row two"
+
+
+def test_two_different_values_are_still_a_conflict_when_some_rows_are_blank():
+    rows = [
+        {**BASE, "comment": "a"},
+        {**BASE, "conversion_items.id": "i2", "comment": ""},
+        {**BASE, "conversion_items.id": "i3", "comment": "b"},
+    ]
+    built = fold(rows)
+    assert codes(built) == ["CONFLICTING_VALUES"]
+    assert obj(fold(rows, conflict="last"))["comment"] == "b"
