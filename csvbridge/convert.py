@@ -883,7 +883,13 @@ def convert_file(
     The output is written under a temporary name and renamed into place, so a reader
     never sees half of it; ``output=None`` writes to stdout.
     """
-    with tempfile.TemporaryDirectory(prefix="csvbridge-") as tmp:
+    # work beside the output when there is one: the result is then moved, not copied
+    near = None
+    if output is not None and str(output) != "-":
+        parent = Path(output).parent
+        if parent.is_dir() and os.access(parent, os.W_OK):
+            near = parent
+    with tempfile.TemporaryDirectory(prefix=".csvbridge-", dir=near) as tmp:
         work = Path(tmp)
         done = convert(
             source,
@@ -914,8 +920,11 @@ def convert_file(
             dest = Path(output)
             part = dest.with_name(dest.name + ".part")
             with _writing("output", dest):
-                shutil.copyfile(produced, part)
-                part.replace(dest)
+                if near is not None:
+                    produced.replace(dest)  # same file system: an atomic rename
+                else:
+                    shutil.copyfile(produced, part)
+                    part.replace(dest)
             report.outputs = {to: str(dest)}
         if rejects_path is not None and report.objects_rejected:
             src = done.ndjson.parent / "input.spool"
