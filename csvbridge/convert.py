@@ -104,12 +104,7 @@ class Output:
     def pack(self) -> Output:
         """Join the lines in the worker, so the main process only writes two blobs."""
         if self.ndjson:
-            self.packed = (
-                b"\n".join(self.ndjson) + b"\n",
-                "".join(
-                    f"{_clean_id(i)}\t{','.join(map(str, lines))}\n" for i, lines in self.index
-                ),
-            )
+            self.packed = (b"\n".join(self.ndjson) + b"\n", _index_text(self.index))
             self.ndjson, self.index = [], []
         return self
 
@@ -134,17 +129,6 @@ class Output:
         self.rows_ok += built.rows
         self.ndjson.append(rec.json)
         self.index.append((rec.id, rec.lines))
-
-    def merge(self, other: Output) -> None:
-        self.ndjson.extend(other.ndjson)
-        self.index.extend(other.index)
-        self.rejected.extend(other.rejected)
-        self.problems.extend(other.problems)
-        self.rows_ok += other.rows_ok
-        self.rows_bad += other.rows_bad
-        self.rows_dup += other.rows_dup
-        self.ok += other.ok
-        self.bad += other.bad
 
 
 @dataclass(slots=True)
@@ -379,9 +363,7 @@ class _Writer:
             self.ix.write(out.packed[1])
         if out.ndjson:
             self.nd.write(b"\n".join(out.ndjson) + b"\n")
-            self.ix.write(
-                "".join(f"{_clean_id(i)}\t{','.join(map(str, lines))}\n" for i, lines in out.index)
-            )
+            self.ix.write(_index_text(out.index))
         for lines, reason in out.rejected:
             self.rj.write(f"{','.join(map(str, lines))}\t{reason}\n")
         r.problems.extend(out.problems)
@@ -399,6 +381,11 @@ class _Writer:
     def close(self) -> None:
         for f in (self.nd, self.ix, self.rj):
             f.close()
+
+
+def _index_text(index: list[tuple[str, tuple[int, ...]]]) -> str:
+    """Index lines: ``id<TAB>line,line,...`` for each NDJSON line, in the same order."""
+    return "".join(f"{_clean_id(i)}\t{','.join(map(str, lines))}\n" for i, lines in index)
 
 
 def _clean_id(text: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import posixpath
@@ -292,6 +293,20 @@ class RemoteFileSystem(FileSystem, Generic[C]):
         conn, self._conn = self._conn, None
         if conn is not None:
             self._disconnect(conn, polite=False)
+
+    @abstractmethod
+    def _store(self, conn: C, rel: str, src: IO[bytes]) -> None:
+        """Upload `src` to `rel` over `conn`, streamed."""
+
+    def put(self, local: Path, path: str) -> None:
+        rel = normalize(path)
+        with Path(local).open("rb") as src:
+            self._run("upload", lambda s: self._store(s, rel, src))
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        rel = normalize(path)
+        src = io.BytesIO(data)
+        self._run("upload", lambda s: self._store(s, rel, src))
 
     def close(self) -> None:
         """Log out politely and forget the connection (the next call reconnects)."""

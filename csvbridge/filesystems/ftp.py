@@ -313,16 +313,6 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
                 ) from None
             raise PermissionError(errno.EACCES, _scrub(exc), f"{self.url} {rel}") from None
 
-    def put(self, local: Path, path: str) -> None:
-        rel = normalize(path)
-        with Path(local).open("rb") as src:
-            self._run("upload", lambda s: self._store(s, rel, src))
-
-    def write_bytes(self, path: str, data: bytes) -> None:
-        rel = normalize(path)
-        src = io.BytesIO(data)
-        self._run("upload", lambda s: self._store(s, rel, src))
-
     def rename(self, src: str, dst: str) -> None:
         src_rel, dst_rel = normalize(src), normalize(dst)
 

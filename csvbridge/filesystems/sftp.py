@@ -316,16 +316,6 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
             remote.set_pipelined(True)
             shutil.copyfileobj(src, remote, _BLOCK)
 
-    def put(self, local: Path, path: str) -> None:
-        rel = normalize(path)
-        with Path(local).open("rb") as src:
-            self._run("upload", lambda s: self._store(s, rel, src))
-
-    def write_bytes(self, path: str, data: bytes) -> None:
-        rel = normalize(path)
-        src = io.BytesIO(data)
-        self._run("upload", lambda s: self._store(s, rel, src))
-
     def rename(self, src: str, dst: str) -> None:
         src_rel, dst_rel = normalize(src), normalize(dst)
 
