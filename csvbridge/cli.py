@@ -142,6 +142,11 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def _add_convert_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `convert` and `send`: the input, its reading, the report."""
+    p.add_argument("input", help="CSV file (.csv or .csv.gz), or - for stdin")
+    p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument("--rejects", type=Path, help="write rejected rows here (source dialect)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     p.add_argument("--mapping", type=Path, help="YAML mapping for exports with their own headers")
     p.add_argument("--strict", action="store_true", help="reject spreadsheet-damaged values")
     p.add_argument("--conflict", choices=("reject", "first", "last"))
@@ -167,17 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("convert", help="convert one CSV file to NDJSON (or a CSV feed)")
-    p.add_argument("input", help="CSV file (.csv or .csv.gz), or - for stdin")
     p.add_argument("-o", "--output", help="output file (default: stdout)")
     p.add_argument("--to", choices=("ndjson", "feed"), default="ndjson")
-    p.add_argument("--report", type=Path, help="write the JSON report here")
-    p.add_argument("--rejects", type=Path, help="write rejected rows here (source dialect)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     _add_convert_options(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("send", help="convert one CSV file and ship it (API and/or feed)")
-    p.add_argument("input", help="CSV file (.csv or .csv.gz), or - for stdin")
     p.add_argument(
         "--dry-run", action="store_true", help="validate and print the batch plan; send nothing"
     )
@@ -186,9 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("api", "feed", "both"),
         help="where to deliver (default: `sinks` in the config, else api)",
     )
-    p.add_argument("--report", type=Path, help="write the JSON report here")
-    p.add_argument("--rejects", type=Path, help="write rejected rows here (source dialect)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     _add_convert_options(p)
     p.set_defaults(func=cmd_send)
 

@@ -34,7 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from csvbridge.cells import CellError, CodecOptions
+from csvbridge.cells import CodecOptions
 from csvbridge.config import ConvertSettings
 from csvbridge.errors import ConfigError
 from csvbridge.fold import Built, Plan, Record, normalize_header
@@ -814,7 +814,7 @@ def read_records(ndjson: Path, index: Path) -> Iterator[Record]:
             )
 
 
-__all__ = ["CellError", "Converted", "Spec", "convert", "read_records"]
+__all__ = ["Converted", "Spec", "convert", "read_records"]
 
 
 # --------------------------------------------------------------------------- one-shot API

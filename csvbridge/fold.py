@@ -420,34 +420,20 @@ class Plan:
     def _problems(
         self, P: list[tuple[int, Any]], cells: list[str], line: int, cid: str | None
     ) -> list[Problem]:
-        out = []
         strict = self.options.strict
-        for col, r in P:
-            if isinstance(r, Flagged):
-                out.append(
-                    Problem(
-                        r.code,
-                        r.detail,
-                        self.paths[col],
-                        (line,),
-                        cid,
-                        self.sources[col],
-                        cells[col],
-                        warning=not strict,
-                    )
-                )
-            else:
-                out.append(
-                    Problem(
-                        r.code,
-                        r.detail,
-                        self.paths[col],
-                        (line,),
-                        cid,
-                        self.sources[col],
-                        cells[col],
-                    )
-                )
+        out = [
+            Problem(
+                r.code,
+                r.detail,
+                self.paths[col],
+                (line,),
+                cid,
+                self.sources[col],
+                cells[col],
+                warning=isinstance(r, Flagged) and not strict,
+            )
+            for col, r in P
+        ]
         return out
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from csvbridge.config import ConvertSettings, Settings
 from csvbridge.convert import Converted, convert, read_records, write_rejects
-from csvbridge.errors import AuthError, InputError
+from csvbridge.errors import ApiTerminalError, InputError
 from csvbridge.fold import Record
 from csvbridge.report import Problem, Report
 
@@ -179,7 +179,6 @@ def _ship(
 
     rejected_tsv = done.rejected
     tally = _Tally(report, rejected_tsv)
-    fresh: list[Record] = []
 
     def records() -> Iterator[Record]:
         for rec in read_records(done.ndjson, done.index):
@@ -209,9 +208,9 @@ def _ship(
             stop=stop,
             total=report.objects_valid - len(accepted_before),
         )
-    except AuthError as exc:
+    except ApiTerminalError as exc:  # 401/403/404...: count what was not shipped, re-raise
         result = getattr(exc, "result", None)
-        _not_shipped(report, result.not_shipped if result else fresh)
+        _not_shipped(report, result.not_shipped if result else [])
         raise
     _not_shipped(report, result.not_shipped)
     report.outputs["shipment"] = result.summary()

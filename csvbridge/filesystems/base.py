@@ -295,6 +295,21 @@ class RemoteFileSystem(FileSystem, Generic[C]):
             self._disconnect(conn, polite=False)
 
     @abstractmethod
+    def _retrieve(self, conn: C, rel: str, out: IO[bytes]) -> None:
+        """Download `rel` into `out`, streamed; IncompleteTransfer on a short read."""
+
+    def get(self, path: str, local: Path) -> None:
+        rel = normalize(path)
+        with local_target(local) as out:
+            self._run("download", lambda s: self._retrieve(s, rel, out))
+
+    def read_bytes(self, path: str) -> bytes:
+        rel = normalize(path)
+        buf = io.BytesIO()
+        self._run("download", lambda s: self._retrieve(s, rel, buf))
+        return buf.getvalue()
+
+    @abstractmethod
     def _store(self, conn: C, rel: str, src: IO[bytes]) -> None:
         """Upload `src` to `rel` over `conn`, streamed."""
 

@@ -13,7 +13,6 @@ import calendar
 import contextlib
 import errno
 import ftplib
-import io
 import logging
 import posixpath
 import re
@@ -36,7 +35,6 @@ from csvbridge.filesystems.base import (
     child,
     describe,
     is_network_error,
-    local_target,
     normalize,
     rewind,
 )
@@ -289,17 +287,6 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
         got = out.tell()
         if expected is not None and got != expected:
             raise IncompleteTransfer(f"received {got} of {expected} bytes", url=self.url, path=rel)
-
-    def get(self, path: str, local: Path) -> None:
-        rel = normalize(path)
-        with local_target(local) as out:
-            self._run("download", lambda s: self._retrieve(s, rel, out))
-
-    def read_bytes(self, path: str) -> bytes:
-        rel = normalize(path)
-        buf = io.BytesIO()
-        self._run("download", lambda s: self._retrieve(s, rel, buf))
-        return buf.getvalue()
 
     def _store(self, s: _Session, rel: str, src: IO[bytes]) -> None:
         src.seek(0)

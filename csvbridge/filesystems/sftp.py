@@ -43,7 +43,6 @@ from csvbridge.filesystems.base import (
     child,
     describe,
     is_network_error,
-    local_target,
     normalize,
     rewind,
 )
@@ -298,17 +297,6 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
             raise IncompleteTransfer(
                 f"received {out.tell()} of {expected} bytes", url=self.url, path=rel
             )
-
-    def get(self, path: str, local: Path) -> None:
-        rel = normalize(path)
-        with local_target(local) as out:
-            self._run("download", lambda s: self._retrieve(s, rel, out))
-
-    def read_bytes(self, path: str) -> bytes:
-        rel = normalize(path)
-        buf = io.BytesIO()
-        self._run("download", lambda s: self._retrieve(s, rel, buf))
-        return buf.getvalue()
 
     def _store(self, s: _Session, rel: str, src: IO[bytes]) -> None:
         src.seek(0)
