@@ -177,9 +177,10 @@ class Runner:
         except (ApiTerminalError, ConfigError):
             raise  # stops the pass: a configuration fix, not this source's problem
         except (TransientError, TerminalError) as exc:
+            # count first: whoever sees the unhealthy state must also see it counted
+            self.metrics.inc("errors_total", source=source.name, kind=type(exc).__name__)
             result.error = str(exc)
             self.last_error = f"{source.name}: {exc}"
-            self.metrics.inc("errors_total", source=source.name, kind=type(exc).__name__)
             log.error("source %s: %s", source.name, exc)
         return result
 

@@ -120,8 +120,14 @@ def test_daemon_picks_up_files_survives_bad_ones_and_serves_metrics(
         assert_received_exactly(emu, first | second)
         status, body = get(d["url"] + "/healthz")
         assert status == 200, body  # a bad file is not an unhealthy daemon
-        status, text = get(d["url"] + "/metrics")
-        assert status == 200
+        # the counters move just after the file is filed away: wait for them, don't race
+        def scraped_after_second() -> str | None:
+            status, text = get(d["url"] + "/metrics")
+            assert status == 200
+            done = metric(text, "files_processed_total", source="shop", status="done")
+            return text if done == 2 else None
+
+        text = wait_until(scraped_after_second, what="the metrics to count second.csv")
         assert metric(text, "files_processed_total", source="shop", status="done") == 2
         assert metric(text, "files_processed_total", source="shop", status="failed") == 1
         assert metric(text, "conversions_shipped_total", source="shop") == 7
