@@ -41,6 +41,7 @@ from csvbridge.fold import Built, Plan, Record, normalize_header
 from csvbridge.mapping import Mapping, RowTransform, compile_mapping, load_mapping
 from csvbridge.reader import CHUNK_BYTES, CsvFile, Dialect, Row, parse_chunk
 from csvbridge.report import Problem, ProblemLog, Report
+from csvbridge.runs import Layout, Run, Shared, cut_runs, scan_chunk
 
 log = logging.getLogger(__name__)
 ITEM_PRODUCT = "conversion_items.product."
@@ -75,15 +76,6 @@ class Spec:
 
 
 # --------------------------------------------------------------------------- chunk work
-
-
-@dataclass(slots=True)
-class Run:
-    """Consecutive rows with one id, and the problems already known for them."""
-
-    id: str | None  # None: the row had no id and stands alone
-    rows: list[Row]
-    pre: list[Problem] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -144,78 +136,20 @@ class ChunkResult:
     runs: list[tuple[str | None, int, bytes]] | None = None  # "runs" mode: (id, line, pickle)
 
 
-_WORKER: tuple[Plan, RowTransform | None, Spec] | None = None
+_WORKER: tuple[Plan, RowTransform | None, Spec, Layout | None] | None = None
 
 
 def _init_worker(spec: Spec) -> None:
     global _WORKER
     plan, transform = spec.compile()
-    _WORKER = (plan, transform, spec)
+    layout = None
+    if transform is None and plan.kind == "conversions" and not spec.products_from_conversions:
+        layout = Layout.of(plan.paths, plan.id_col, spec.dialect.delimiter, spec.dialect.quotechar)
+    _WORKER = (plan, transform, spec, layout)
 
 
 def _runs(rows: list[Row], plan: Plan, transform: RowTransform | None, ncols: int) -> list[Run]:
-    """Cut parsed rows into runs of one id, rejecting ragged rows with their line."""
-    runs: list[Run] = []
-    id_col = plan.id_col
-    per_row = plan.kind == "products"
-    current: Run | None = None
-    current_id: str | None = None
-    for row in rows:
-        pre: list[Problem] | None = None
-        if len(row.cells) != ncols or transform is not None:
-            row, pre = _prepare(row, ncols, transform)
-        cid = row.cells[id_col] or None
-        if pre:
-            for p in pre:
-                p.id = cid
-        if cid is not None and cid == current_id and not per_row:
-            current.rows.append(row)  # type: ignore[union-attr]
-            if pre:
-                current.pre.extend(pre)  # type: ignore[union-attr]
-        else:
-            current = Run(cid, [row], pre or [])
-            current_id = cid
-            runs.append(current)
-    return runs
-
-
-def _prepare(row: Row, ncols: int, transform: RowTransform | None) -> tuple[Row, list[Problem]]:
-    """Pad a ragged row (and flag it), and apply the mapping; collect the problems."""
-    pre: list[Problem] = []
-    cells = row.cells
-    if len(cells) != ncols:
-        pre.append(
-            Problem(
-                "ROW_LENGTH_MISMATCH",
-                f"row has {len(cells)} cells but the header has {ncols}; "
-                "check the delimiter and quoting of this line",
-                None,
-                (row.line,),
-            )
-        )
-        cells = (cells + [""] * ncols)[:ncols]
-    if transform is not None:
-        original = cells
-        cells = transform.fn(cells)
-        for i, err in transform.errors:
-            pre.append(
-                Problem(
-                    err.code,
-                    err.detail,
-                    transform.paths[i],
-                    (row.line,),
-                    None,
-                    transform.sources[i],
-                    err.value if err.value is not None else _source_value(original, transform, i),
-                )
-            )
-        transform.errors.clear()
-    return Row(row.line, cells), pre
-
-
-def _source_value(cells: list[str], transform: RowTransform, i: int) -> str | None:
-    col = transform.source_cols[i]
-    return cells[col] if col is not None else None
+    return cut_runs(rows, plan.id_col, transform, ncols, plan.kind == "products")
 
 
 def _build_run(run: Run, plan: Plan) -> Built:
@@ -246,14 +180,26 @@ def _build_run(run: Run, plan: Plan) -> Built:
     return built
 
 
-def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResult:
+def _scan(
+    data: bytes, first_line: int, layout: Layout
+) -> tuple[list[Run | Shared], int, int] | None:
+    """The fast lane's runs of a chunk, or None when the csv module must read it."""
+    try:
+        text = data.decode(_WORKER[2].dialect.encoding)  # type: ignore[index]
+    except UnicodeDecodeError:
+        return None  # the ordinary path reports the lines with bad bytes
+    scanned = scan_chunk(text, first_line, layout)
+    return None if scanned is None else (scanned.runs, scanned.rows, scanned.blank)
+
+
+def _parse(data: bytes, first_line: int) -> tuple[list[Run], int, int, bool]:
+    """Runs of a chunk parsed by the csv module: (runs, rows, blank, boundary_ok)."""
     assert _WORKER is not None
-    plan, transform, spec = _WORKER
+    plan, transform, spec, _ = _WORKER
     parsed = parse_chunk(data, first_line, spec.dialect)
-    ncols = len(spec.header)
-    bad = set(parsed.bad_encoding) if parsed.bad_encoding else set()
-    runs = _runs(parsed.rows, plan, transform, ncols)
-    if bad:
+    runs = _runs(parsed.rows, plan, transform, len(spec.header))
+    if parsed.bad_encoding:
+        bad = set(parsed.bad_encoding)
         for run in runs:
             for r in run.rows:
                 if r.line in bad:
@@ -267,6 +213,21 @@ def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResul
                             run.id,
                         )
                     )
+    return runs, len(parsed.rows), parsed.blank, parsed.boundary_ok
+
+
+def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResult:
+    assert _WORKER is not None
+    plan, _, spec, layout = _WORKER
+    d = spec.dialect.delimiter
+    scanned = _scan(data, first_line, layout) if layout is not None else None
+    runs: list[Run | Shared]
+    if scanned is not None:
+        runs, nrows, blank = scanned
+        boundary_ok = True
+    else:
+        parsed, nrows, blank, boundary_ok = _parse(data, first_line)
+        runs = list(parsed)
     out = Output()
     seen: set[str] = set()
     dup = False
@@ -278,30 +239,26 @@ def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResul
             seen.add(run.id)
             run_ids.append(run.id)
     if mode == "runs":
+        plain = [r.as_run(d) if isinstance(r, Shared) else r for r in runs]
         return ChunkResult(
-            out,
-            len(parsed.rows),
-            parsed.blank,
-            None,
-            None,
-            run_ids,
-            dup,
-            parsed.boundary_ok,
-            _pickled(runs),
+            out, nrows, blank, None, None, run_ids, dup, boundary_ok, _pickled(plain)
         )
     head = tail = None
     inner = runs
     if plan.kind != "products" and runs:
-        head, inner = runs[0], runs[1:]
+        first, inner = runs[0], runs[1:]
+        head = first.as_run(d) if isinstance(first, Shared) else first
         if inner:
-            tail, inner = inner[-1], inner[:-1]
+            last, inner = inner[-1], inner[:-1]
+            tail = last.as_run(d) if isinstance(last, Shared) else last
     for run in inner:
-        out.add(_build_run(run, plan))
+        if isinstance(run, Shared):
+            out.add(plan.build_shared(run.head, run.id, run.items, d))
+        else:
+            out.add(_build_run(run, plan))
     if not spec.products_from_conversions:
         out.pack()
-    return ChunkResult(
-        out, len(parsed.rows), parsed.blank, head, tail, run_ids, dup, parsed.boundary_ok
-    )
+    return ChunkResult(out, nrows, blank, head, tail, run_ids, dup, boundary_ok)
 
 
 def _pickled(runs: list[Run]) -> list[tuple[str | None, int, bytes]]:
@@ -665,7 +622,7 @@ class _Engine:
     def _sequential_runs(self, rows_per_batch: int = 5000) -> Iterator[ChunkResult]:
         """Rows read by one csv reader over the whole stream, cut into runs here."""
         assert _WORKER is not None
-        plan, transform, spec = _WORKER
+        plan, transform, spec, _ = _WORKER
         with CsvFile(
             self.path,
             name=self.report.file,

@@ -152,6 +152,7 @@ class Plan:
             self.ignored.append((i, "a parent of this path is filled by another column"))
         self.column_of = seen
         self.item_id_from_product = False
+        self._item_memo: dict[str, bytes] | None = None
         self._check_required()
         if kind == "products":
             self.id_col = seen["id"]
@@ -164,8 +165,16 @@ class Plan:
             conv_cols = [(i, p) for i, p in used if not p.startswith(ITEM_PREFIX)]
             self.conv_cols = tuple(i for i, _ in conv_cols)
             self._head_fn = self._generate("_head", self._tree(conv_cols, ""), top=True)
-            self._item_fn = self._generate("_item", self._tree(item_cols, ""), top=False)
+            item_tree = self._tree(item_cols, "")
+            self._item_fn = self._generate("_item", item_tree, top=False)
             self.item_id_col = seen.get(ITEM_PREFIX + "id", seen[ITEM_PREFIX + "product.id"])
+            self._qty_col = seen[ITEM_PREFIX + "original_quantity"]
+            self._pid_col = seen[ITEM_PREFIX + "product.id"]
+            # build_shared may memoise an item's JSON after its id member when that
+            # member is written first (the documented header's order)
+            first = item_tree.members[0][1] if item_tree.members else None
+            if not self.item_id_from_product and first == self.item_id_col:
+                self._item_memo = {}
         getter = operator.itemgetter(*self.conv_cols) if self.conv_cols else (lambda c: ())
         self._conv_key: Callable[[list[str]], Any] = getter
 
@@ -289,65 +298,133 @@ class Plan:
             return self.build_product(rows[0])
         first = rows[0]
         cid = first.cells[self.id_col]
-        lines = tuple(r.line for r in rows)
         problems: list[Problem] = []
         head_row = first
         if len(rows) > 1 and self.conv_cols:
             head_row = self._check_conflicts(rows, cid, problems) or first
+        members = self._head_members(head_row.cells, head_row.line, cid, problems)
+        seen_ids: dict[str, int] = {}
+        items = [self._item_member(r.cells, r.line, cid, seen_ids, problems) for r in rows]
+        return self._finish(cid, members, items, problems, tuple(r.line for r in rows))
+
+    def build_shared(
+        self, head: list[str], cid: str, items: list[tuple[int, str]], delimiter: str
+    ) -> Built:
+        """Rows that repeat one conversion-level text exactly (the usual export).
+
+        Identical text cannot conflict, so the conflict check is skipped.  ``head`` holds
+        the conversion-level cells (the leading columns), ``items`` each row's line and
+        the raw text of its item columns (the trailing ones).  An item whose text after
+        its id was seen before reuses that item's JSON: same cells, same members.  The
+        result is exactly what `build` gives for the same rows.
+        """
+        problems: list[Problem] = []
+        members = self._head_members(head, items[0][0], cid, problems)
+        memo = self._item_memo
+        id_codec = self.codecs[self.item_id_col]
+        id_cache = id_codec.cache
+        seen_ids: dict[str, int] = {}
+        out: list[bytes] = []
+        for line, text in items:
+            rest = None
+            if memo is not None:
+                iid, _, rest = text.partition(delimiter)
+                tail = memo.get(rest)
+                if tail is not None and iid and iid not in seen_ids:
+                    idm = id_cache.get(iid)
+                    if idm is None:
+                        r = id_codec(iid)
+                        idm = r if r.__class__ is bytes else None
+                    if idm is not None:
+                        seen_ids[iid] = line
+                        out.append(b"{" + idm + tail)  # type: ignore[operator]
+                        continue
+            cells = head + text.split(delimiter)
+            out.append(self._item_member(cells, line, cid, seen_ids, problems, rest))
+        return self._finish(cid, members, out, problems, tuple(line for line, _ in items))
+
+    def _head_members(
+        self, cells: list[str], line: int, cid: str, problems: list[Problem]
+    ) -> list[bytes]:
         P: list[tuple[int, Any]] = []
-        members = self._head_fn(head_row.cells, P)
-        problems.extend(self._problems(P, head_row.cells, head_row.line, cid))
+        members = self._head_fn(cells, P)
+        if P:
+            problems.extend(self._problems(P, cells, line, cid))
         for p in ("type", "status", "created", "currency"):
-            if not head_row.cells[self.column_of[p]]:
-                problems.append(self._missing(p, head_row.line, cid))
+            if not cells[self.column_of[p]]:
+                problems.append(self._missing(p, line, cid))
         if not any(m.startswith(b'"user":') for m in members):
             problems.append(
                 Problem(
                     "MISSING_REQUIRED_PROPERTY",
                     "user needs at least one property (e.g. user.email) to match on",
                     "user",
-                    (head_row.line,),
+                    (line,),
                     cid,
                 )
             )
-        items: list[bytes] = []
-        seen_ids: dict[str, int] = {}
+        return members
+
+    def _item_member(
+        self,
+        c: list[str],
+        line: int,
+        cid: str,
+        seen_ids: dict[str, int],
+        problems: list[Problem],
+        memo_key: str | None = None,
+    ) -> bytes:
+        """One item's JSON object; its problems go to `problems`.
+
+        With `memo_key` (the item's text after its id), a clean item is remembered for
+        `build_shared`: everything after the id member depends on that text alone.
+        """
+        before = len(problems)
+        P: list[tuple[int, Any]] = []
+        parts = self._item_fn(c, P)  # type: ignore[misc]
+        if P:
+            problems.extend(self._problems(P, c, line, cid))
         item_col = self.item_id_col
-        qty_col = self.column_of[ITEM_PREFIX + "original_quantity"]
-        pid_col = self.column_of[ITEM_PREFIX + "product.id"]
-        item_fn = self._item_fn
-        assert item_fn is not None
-        for row in rows:
-            c = row.cells
-            P = []
-            parts = item_fn(c, P)
-            if P:
-                problems.extend(self._problems(P, c, row.line, cid))
-            iid = c[item_col]
-            if self.item_id_from_product and iid:
-                parts.insert(0, b'"id":' + orjson.dumps(iid))
-            if not iid:
-                problems.append(self._missing(ITEM_PREFIX + "id", row.line, cid))
-            elif iid in seen_ids:
-                problems.append(
-                    Problem(
-                        "DUPLICATE_ITEM_ID",
-                        f"conversion item id {iid!r} appears twice in the conversion; "
-                        "item ids must be unique within a conversion",
-                        ITEM_PREFIX + "id",
-                        (seen_ids[iid], row.line),
-                        cid,
-                        self.sources[item_col],
-                        iid,
-                    )
+        iid = c[item_col]
+        if self.item_id_from_product and iid:
+            parts.insert(0, b'"id":' + orjson.dumps(iid))
+        if not iid:
+            problems.append(self._missing(ITEM_PREFIX + "id", line, cid))
+        elif iid in seen_ids:
+            problems.append(
+                Problem(
+                    "DUPLICATE_ITEM_ID",
+                    f"conversion item id {iid!r} appears twice in the conversion; "
+                    "item ids must be unique within a conversion",
+                    ITEM_PREFIX + "id",
+                    (seen_ids[iid], line),
+                    cid,
+                    self.sources[item_col],
+                    iid,
                 )
-            else:
-                seen_ids[iid] = row.line
-            if not c[qty_col]:
-                problems.append(self._missing(ITEM_PREFIX + "original_quantity", row.line, cid))
-            if not c[pid_col]:
-                problems.append(self._missing(ITEM_PREFIX + "product.id", row.line, cid))
-            items.append(b"{" + b",".join(parts) + b"}")
+            )
+        else:
+            seen_ids[iid] = line
+        if not c[self._qty_col]:
+            problems.append(self._missing(ITEM_PREFIX + "original_quantity", line, cid))
+        if not c[self._pid_col]:
+            problems.append(self._missing(ITEM_PREFIX + "product.id", line, cid))
+        if memo_key is not None and len(problems) == before:
+            memo = self._item_memo
+            assert memo is not None
+            if len(memo) >= ITEM_CACHE:
+                memo.clear()
+            memo[memo_key] = (b"," + b",".join(parts[1:]) if len(parts) > 1 else b"") + b"}"
+        return b"{" + b",".join(parts) + b"}"
+
+    def _finish(
+        self,
+        cid: str,
+        members: list[bytes],
+        items: list[bytes],
+        problems: list[Problem],
+        lines: tuple[int, ...],
+    ) -> Built:
         if len(items) > MAX_ITEMS:
             problems.append(
                 Problem(
@@ -360,10 +437,10 @@ class Plan:
                 )
             )
         if any(not p.warning for p in problems):
-            return Built(None, problems, len(rows), lines, cid)
+            return Built(None, problems, len(lines), lines, cid)
         members.append(b'"conversion_items":[' + b",".join(items) + b"]")
         return Built(
-            Record(cid, b"{" + b",".join(members) + b"}", lines), problems, len(rows), lines, cid
+            Record(cid, b"{" + b",".join(members) + b"}", lines), problems, len(lines), lines, cid
         )
 
     def _check_conflicts(self, rows: list[Row], cid: str, problems: list[Problem]) -> Row | None:
@@ -449,6 +526,7 @@ def _flag(col: int, r: Any, P: list[tuple[int, Any]]) -> bytes:
 
 
 SEGMENT_CACHE = 4096  # memoised objects per nested path; cleared when full
+ITEM_CACHE = 8192  # memoised items of build_shared; cleared when full
 
 
 __all__ = ["Built", "CellError", "Plan", "Record", "classify", "normalize_header"]

@@ -1,0 +1,255 @@
+"""Runs: consecutive rows of one conversion id, cut from parsed rows or from raw text.
+
+`cut_runs` takes rows the csv module parsed.  `scan_chunk` is the fast lane for files
+laid out like the documented header (conversion-level columns first, item columns
+last, no mapping): it reads a chunk's text line by line, and a row whose
+conversion-level text repeats the previous row's exactly is not split at all, since it
+can neither conflict nor change the conversion.  Such runs (`Shared`) are built by
+`Plan.build_shared`; anything irregular (a quoted field, a ragged row, rows of one id
+that differ) becomes an ordinary `Run` of parsed rows, built by `Plan.build`, so both
+lanes give the same output.  Lines with a quote character go through the csv module.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+
+from csvbridge.mapping import RowTransform
+from csvbridge.reader import SENTINEL, Row
+from csvbridge.report import Problem
+
+ITEMS_PREFIX = "conversion_items."
+
+
+@dataclass(slots=True)
+class Run:
+    """Consecutive rows with one id, and the problems already known for them."""
+
+    id: str | None  # None: the row had no id and stands alone
+    rows: list[Row]
+    pre: list[Problem] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Shared:
+    """Rows of one id whose conversion-level text is identical (fast lane)."""
+
+    id: str
+    head: list[str]  # the conversion-level cells
+    items: list[tuple[int, str]]  # (line, raw text of the item columns) per row
+
+    def as_run(self, delimiter: str) -> Run:
+        return Run(self.id, [Row(n, self.head + t.split(delimiter)) for n, t in self.items])
+
+
+def prepare_row(row: Row, ncols: int, transform: RowTransform | None) -> tuple[Row, list[Problem]]:
+    """Pad a ragged row (and flag it), and apply the mapping; collect the problems."""
+    pre: list[Problem] = []
+    cells = row.cells
+    if len(cells) != ncols:
+        pre.append(
+            Problem(
+                "ROW_LENGTH_MISMATCH",
+                f"row has {len(cells)} cells but the header has {ncols}; "
+                "check the delimiter and quoting of this line",
+                None,
+                (row.line,),
+            )
+        )
+        cells = (cells + [""] * ncols)[:ncols]
+    if transform is not None:
+        original = cells
+        cells = transform.fn(cells)
+        for i, err in transform.errors:
+            col = transform.source_cols[i]
+            pre.append(
+                Problem(
+                    err.code,
+                    err.detail,
+                    transform.paths[i],
+                    (row.line,),
+                    None,
+                    transform.sources[i],
+                    err.value
+                    if err.value is not None
+                    else (original[col] if col is not None else None),
+                )
+            )
+        transform.errors.clear()
+    return Row(row.line, cells), pre
+
+
+def cut_runs(
+    rows: list[Row], id_col: int, transform: RowTransform | None, ncols: int, per_row: bool
+) -> list[Run]:
+    """Cut parsed rows into runs of one id, flagging ragged rows with their line."""
+    runs: list[Run] = []
+    current: Run | None = None
+    current_id: str | None = None
+    for row in rows:
+        pre: list[Problem] | None = None
+        if len(row.cells) != ncols or transform is not None:
+            row, pre = prepare_row(row, ncols, transform)
+        cid = row.cells[id_col] or None
+        if pre:
+            for p in pre:
+                p.id = cid
+        if cid is not None and cid == current_id and not per_row:
+            current.rows.append(row)  # type: ignore[union-attr]
+            if pre:
+                current.pre.extend(pre)  # type: ignore[union-attr]
+        else:
+            current = Run(cid, [row], pre or [])
+            current_id = cid
+            runs.append(current)
+    return runs
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where the fast lane may cut a line: `n_head` leading conversion-level columns,
+    then `n_item` item columns."""
+
+    n_head: int
+    n_item: int
+    id_col: int
+    delimiter: str
+
+    @classmethod
+    def of(cls, paths: list[str], id_col: int, delimiter: str, quotechar: str) -> Layout | None:
+        """The layout of a header, or None when the fast lane does not apply."""
+        n_item = sum(p.startswith(ITEMS_PREFIX) for p in paths)
+        n_head = len(paths) - n_item
+        if (
+            not n_item
+            or not n_head
+            or id_col >= n_head
+            or quotechar != '"'
+            or len(delimiter) != 1
+            or delimiter in '"\r\n'
+            or not all(p.startswith(ITEMS_PREFIX) for p in paths[n_head:])
+        ):
+            return None
+        return cls(n_head, n_item, id_col, delimiter)
+
+
+@dataclass(slots=True)
+class Scanned:
+    runs: list[Run | Shared]
+    rows: int
+    blank: int
+
+
+def scan_chunk(text: str, first_line: int, layout: Layout) -> Scanned | None:
+    """Cut a decoded, record-aligned chunk into runs; None to let the csv module do it
+    (a bare CR, or a quoted field that does not close inside the chunk)."""
+    crlf = "\r" in text
+    if crlf and text.count("\r") != text.count("\r\n"):
+        return None
+    raw = text.split("\n")
+    if raw and raw[-1] == "":
+        raw.pop()
+    lines = [s[:-1] if s[-1:] == "\r" else s for s in raw] if crlf else raw
+    d = layout.delimiter
+    n_head, n_item, id_col = layout.n_head, layout.n_item, layout.id_col
+    ncols = n_head + n_item
+    item_seps = n_item - 1
+    runs: list[Run | Shared] = []
+    cur: Run | Shared | None = None
+    sep: str | None = None  # the current conversion-level text and its delimiter
+    nsep = 0
+    head: list[str] = []
+    rows = blank = 0
+    i, n = 0, len(lines)
+
+    def add_parsed(row: Row) -> None:
+        """A row parsed in full (quoted or ragged): the ordinary path of `cut_runs`."""
+        nonlocal cur
+        pre: list[Problem] = []
+        if len(row.cells) != ncols:
+            row, pre = prepare_row(row, ncols, None)
+        cid = row.cells[id_col] or None
+        for p in pre:
+            p.id = cid
+        if cid is not None and cur is not None and cid == cur.id:
+            if isinstance(cur, Shared):
+                cur = runs[-1] = cur.as_run(d)
+            cur.rows.append(row)
+            cur.pre.extend(pre)
+        else:
+            cur = Run(cid, [row], pre)
+            runs.append(cur)
+
+    while i < n:
+        line = lines[i]
+        if '"' in line:
+            # a quoted record (perhaps over several lines): the csv module reads it
+            j = i
+            quotes = line.count('"')
+            while quotes & 1:
+                j += 1
+                if j >= n:
+                    return None
+                quotes += lines[j].count('"')
+            segment = [s + "\n" for s in raw[i : j + 1]]
+            segment.append(SENTINEL + "\n")
+            reader = csv.reader(segment, delimiter=d, quotechar='"')
+            base = first_line + i - 1
+            prev_end = 0
+            parsed: list[Row] = []
+            for cells in reader:
+                start = base + prev_end + 1
+                prev_end = reader.line_num
+                if not cells or (not cells[0] and not any(cells)):
+                    blank += 1
+                    continue
+                parsed.append(Row(start, cells))
+            if not parsed or parsed.pop().cells != [SENTINEL]:
+                return None
+            for row in parsed:
+                add_parsed(row)
+            rows += len(parsed)
+            sep = None
+            i = j + 1
+            continue
+        lineno = first_line + i
+        i += 1
+        if sep is not None and line.startswith(sep):
+            text_items = line[nsep:]
+            if text_items.count(d) == item_seps:
+                rows += 1
+                if isinstance(cur, Shared):
+                    cur.items.append((lineno, text_items))
+                else:  # same id as a row that was not regular
+                    cur.rows.append(Row(lineno, head + text_items.split(d)))  # type: ignore[union-attr]
+                continue
+        if not line.strip(d):
+            blank += 1
+            continue
+        rows += 1
+        parts = line.rsplit(d, n_item)
+        if len(parts) == n_item + 1:
+            head_text = parts[0]
+            cells = head_text.split(d)
+            if len(cells) == n_head:
+                cid = cells[id_col]
+                if not cid:
+                    sep = None
+                    add_parsed(Row(lineno, cells + parts[1:]))
+                    continue
+                sep = head_text + d
+                nsep = len(sep)
+                head = cells
+                if cur is not None and cid == cur.id:  # same id, other values: check them
+                    add_parsed(Row(lineno, cells + parts[1:]))
+                else:
+                    cur = Shared(cid, cells, [(lineno, line[nsep:])])
+                    runs.append(cur)
+                continue
+        sep = None
+        add_parsed(Row(lineno, line.split(d)))
+    return Scanned(runs, rows, blank)
+
+
+__all__ = ["Layout", "Run", "Scanned", "Shared", "cut_runs", "prepare_row", "scan_chunk"]
