@@ -26,9 +26,11 @@ import orjson
 from csvbridge.errors import ConfigError
 from csvbridge.models import DATE_RE, DateProblem, Rule, format_date, normalize_date
 
-JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?\Z")
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 SCIENTIFIC = re.compile(r"[+-]?\d+(?:[.,]\d+)?[eE][+-]?\d+\Z")
 STRAY_DECIMAL = re.compile(r"\d+[.,]0+\Z")
+# a number already in plain JSON spelling, short enough to be finite: the usual cell
+PLAIN_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,30})(?:\.[0-9]{1,30})?\Z").match
 TRUE = {"true", "1", "yes"}
 FALSE = {"false", "0", "no"}
 
@@ -94,6 +96,8 @@ def number_json(raw: str, decimal_comma: bool) -> bytes:
         if ("e" in text or "E" in text or len(text) > 300) and not math.isfinite(float(text)):
             raise CellError("INVALID_PROPERTY_TYPE", f"{raw!r} is not a finite number")
         return text.encode()
+    if not text.isascii():  # float() reads other scripts' digits; JSON does not
+        raise CellError("INVALID_PROPERTY_TYPE", f"{raw!r} is not a number")
     try:
         value = float(text)
     except ValueError:
@@ -185,6 +189,8 @@ def make_codec(path: str, rule: Rule, options: CodecOptions) -> Codec:
         dc = options.decimal_comma
 
         def codec(raw: str) -> bytes:
+            if PLAIN_NUMBER(raw):
+                return raw.encode()  # what number_json returns for it, sooner
             return number_json(raw, dc)
 
     elif rule.kind == "bool":
@@ -224,11 +230,37 @@ def make_codec(path: str, rule: Rule, options: CodecOptions) -> Codec:
     return codec
 
 
+def inline_test(path: str, rule: Rule) -> str | None:
+    """A Python test on a cell `v` under which this field's codec returns exactly
+    ``orjson.dumps(v)`` (text) or ``v.encode()`` (number), for the generated row code.
+
+    Cells of ids, amounts and e-mails are mostly unique: memoising them does not pay,
+    and three nested calls per cell do add up.  Anything the test does not cover goes
+    through the full codec.  Returns None when there is no such shortcut.
+    """
+    leaf = path.rsplit(".", 1)[-1]
+    if rule.kind == "number":
+        return None if leaf in IDENTIFIER_FIELDS else "PLAIN_NUMBER(v)"
+    if rule.kind != "text" or rule.choices or rule.pattern:
+        return None
+    lo, hi = rule.min_len, rule.max_len
+    tests = []
+    if lo is not None and lo > 1:  # a cell reaching the codec is never empty
+        tests.append(f"len(v) >= {lo}")
+    if hi is not None:
+        tests.append(f"len(v) <= {hi}")
+    if leaf in IDENTIFIER_FIELDS:
+        tests.append('v[-1:] != "0" and "e" not in v and "E" not in v')
+    return " and ".join(tests) or "True"
+
+
 def _identifier_guard(inner: Codec, leaf: str) -> Codec:
     """Flag identifiers a spreadsheet damaged (``1.35E+17``, ``12345.0``); never convert."""
 
     def codec(raw: str) -> bytes | Flagged:
         out = inner(raw)
+        if raw[-1:] != "0" and "e" not in raw and "E" not in raw:
+            return out  # neither pattern below can match
         if SCIENTIFIC.match(raw):
             return Flagged(
                 out,

@@ -23,7 +23,15 @@ from typing import Any
 
 import orjson
 
-from csvbridge.cells import CachedCodec, CellError, CodecOptions, Flagged, make_codec
+from csvbridge.cells import (
+    PLAIN_NUMBER,
+    CachedCodec,
+    CellError,
+    CodecOptions,
+    Flagged,
+    inline_test,
+    make_codec,
+)
 from csvbridge.errors import InputError
 from csvbridge.models import (
     HEADER_ALIASES,
@@ -129,6 +137,7 @@ class Plan:
         self.conflict = conflict
         self.ignored: list[tuple[int, str]] = []  # (column, reason)
         self.codecs: dict[int, CachedCodec] = {}
+        self.inline: dict[int, str | None] = {}  # cells.inline_test of each column
         seen: dict[str, int] = {}
         used: list[tuple[int, str]] = []
         for i, p in enumerate(paths):
@@ -144,6 +153,7 @@ class Plan:
                 )
             seen[path] = i
             self.codecs[i] = CachedCodec(make_codec(path, rule, options))
+            self.inline[i] = inline_test(path, rule)
             used.append((i, path))
         for i, path in [(i, p) for i, p in used if _under_a_value(p, seen)]:
             # custom.a and custom.a.b: "a" cannot be a value and an object at once
@@ -153,6 +163,7 @@ class Plan:
         self.column_of = seen
         self.item_id_from_product = False
         self._item_memo: dict[str, bytes] | None = None
+        self._memo_tries = self._memo_hits = 0
         self._check_required()
         if kind == "products":
             self.id_col = seen["id"]
@@ -222,7 +233,11 @@ class Plan:
         reported with its own line.
         """
         lines = [f"def {name}(c, P):"]
-        env: dict[str, Any] = {"_flag": _flag}
+        env: dict[str, Any] = {
+            "_flag": _flag,
+            "_dumps": orjson.dumps,
+            "PLAIN_NUMBER": PLAIN_NUMBER,
+        }
         counter = [0]
 
         def columns(node: _Node) -> list[int]:
@@ -263,13 +278,26 @@ class Plan:
                 codec.prefix = orjson.dumps(key) + b":"
                 env[f"K{col}"] = codec.cache
                 env[f"F{col}"] = codec
+                env[f"X{col}"] = codec.prefix
                 # the memo holds valid members only: a hit needs no further check
                 lines.append(f"{pad}v = c[{col}]")
                 lines.append(f"{pad}if v:")
                 lines.append(f"{pad}    r = K{col}.get(v)")
                 lines.append(f"{pad}    if r is None:")
-                lines.append(f"{pad}        r = F{col}(v)")
-                lines.append(f"{pad}        if r.__class__ is not bytes: r = _flag({col}, r, P)")
+                test = self.inline[col]
+                if test is not None:
+                    value = "v.encode()" if test == "PLAIN_NUMBER(v)" else "_dumps(v)"
+                    lines.append(f"{pad}        if {test}: r = X{col} + {value}")
+                    lines.append(f"{pad}        else:")
+                    lines.append(f"{pad}            r = F{col}(v)")
+                    lines.append(
+                        f"{pad}            if r.__class__ is not bytes: r = _flag({col}, r, P)"
+                    )
+                else:
+                    lines.append(f"{pad}        r = F{col}(v)")
+                    lines.append(
+                        f"{pad}        if r.__class__ is not bytes: r = _flag({col}, r, P)"
+                    )
                 lines.append(f"{pad}    {var}_(r)")
 
         emit(root, "out", 1)
@@ -325,6 +353,11 @@ class Plan:
         id_cache = id_codec.cache
         seen_ids: dict[str, int] = {}
         out: list[bytes] = []
+        if memo is not None:
+            self._memo_tries += len(items)
+            if self._memo_tries > ITEM_MEMO_TRIAL and self._memo_hits * 4 < self._memo_tries:
+                # items rarely repeat in this file (prices vary...): stop paying for it
+                self._item_memo = memo = None
         for line, text in items:
             rest = None
             if memo is not None:
@@ -336,6 +369,7 @@ class Plan:
                         r = id_codec(iid)
                         idm = r if r.__class__ is bytes else None
                     if idm is not None:
+                        self._memo_hits += 1
                         seen_ids[iid] = line
                         out.append(b"{" + idm + tail)  # type: ignore[operator]
                         continue
@@ -527,6 +561,7 @@ def _flag(col: int, r: Any, P: list[tuple[int, Any]]) -> bytes:
 
 SEGMENT_CACHE = 4096  # memoised objects per nested path; cleared when full
 ITEM_CACHE = 8192  # memoised items of build_shared; cleared when full
+ITEM_MEMO_TRIAL = 20000  # items looked up before deciding whether the memo pays
 
 
 __all__ = ["Built", "CellError", "Plan", "Record", "classify", "normalize_header"]

@@ -75,6 +75,9 @@ def test_number_spellings_json_does_not_allow_are_rewritten(raw, out):
         "abc",
         "1,5",
         "",
+        "\u0663",  # ARABIC-INDIC DIGIT THREE: float() reads it, JSON does not
+        "\uff11\uff12",  # fullwidth 12
+        "1\u0660.5",
     ],
 )
 def test_non_numbers_and_non_finite_numbers_are_refused(raw):

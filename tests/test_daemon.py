@@ -120,6 +120,7 @@ def test_daemon_picks_up_files_survives_bad_ones_and_serves_metrics(
         assert_received_exactly(emu, first | second)
         status, body = get(d["url"] + "/healthz")
         assert status == 200, body  # a bad file is not an unhealthy daemon
+
         # the counters move just after the file is filed away: wait for them, don't race
         def scraped_after_second() -> str | None:
             status, text = get(d["url"] + "/metrics")
