@@ -8,14 +8,19 @@ stays flat: a few chunks are in flight at any time, whatever the file size.
 Grouped files (the documented rule: rows of a conversion are consecutive) stream
 straight through.  While streaming, every conversion id is checked against the ids
 already closed (an on-disk SQLite set); if one comes back, the file is not grouped and
-it is converted again through an on-disk regrouping (`_regroup`) that gives the same
-output as the grouped file would: conversions in order of their first row, items in file
-order.  The output is only moved into place once the file is done, so a fallback never
-leaves half an answer behind.
+it is converted again through an on-disk bucket sort by id (`_Engine._regroup`) that
+gives the same output as the grouped file would: conversions in order of their first
+row, items in file order.  The output is only moved into place once the file is done,
+so a fallback never leaves half an answer behind.
+
+Files in the documented layout take the fast lane of `csvbridge.runs` (rows that repeat
+their conversion-level text are not split again); others, and any chunk the fast lane
+hands back, are parsed by the csv module.  Both give the same bytes.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import pickle
@@ -25,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -41,9 +47,21 @@ from csvbridge.fold import Built, Plan, Record, normalize_header
 from csvbridge.mapping import Mapping, RowTransform, compile_mapping, load_mapping
 from csvbridge.reader import CHUNK_BYTES, CsvFile, Dialect, Row, parse_chunk
 from csvbridge.report import Problem, ProblemLog, Report
-from csvbridge.runs import Layout, Run, Shared, cut_runs, scan_chunk
+from csvbridge.runs import (
+    Layout,
+    Line,
+    Records,
+    Run,
+    Shared,
+    cut_lane,
+    cut_runs,
+    record_id,
+    records,
+)
 
 log = logging.getLogger(__name__)
+BUCKET_BYTES = 8 << 20  # source bytes per bucket of an ungrouped file: memory per worker
+MAX_BUCKETS = 512
 ITEM_PRODUCT = "conversion_items.product."
 
 
@@ -133,7 +151,7 @@ class ChunkResult:
     run_ids: list[str]  # ids of this chunk's runs, in order
     dup_inside: bool  # an id came back within this chunk
     boundary_ok: bool
-    runs: list[tuple[str | None, int, bytes]] | None = None  # "runs" mode: (id, line, pickle)
+    buckets: dict[int, bytes] | None = None  # split mode: pickled runs per bucket
 
 
 _WORKER: tuple[Plan, RowTransform | None, Spec, Layout | None] | None = None
@@ -186,16 +204,13 @@ def _build_run(run: Run, plan: Plan) -> Built:
     return built
 
 
-def _scan(
-    data: bytes, first_line: int, layout: Layout
-) -> tuple[list[Run | Shared], int, int] | None:
-    """The fast lane's runs of a chunk, or None when the csv module must read it."""
+def _records(data: bytes, first_line: int, layout: Layout) -> Records | None:
+    """The fast lane's records of a chunk, or None when the csv module must read it."""
     try:
         text = data.decode(_WORKER[2].dialect.encoding)  # type: ignore[index]
     except UnicodeDecodeError:
         return None  # the ordinary path reports the lines with bad bytes
-    scanned = scan_chunk(text, first_line, layout)
-    return None if scanned is None else (scanned.runs, scanned.rows, scanned.blank)
+    return records(text, first_line, layout)
 
 
 def _parse(data: bytes, first_line: int) -> tuple[list[Run], int, int, bool]:
@@ -222,15 +237,28 @@ def _parse(data: bytes, first_line: int) -> tuple[list[Run], int, int, bool]:
     return runs, len(parsed.rows), parsed.blank, parsed.boundary_ok
 
 
-def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResult:
+def _chunk_task(data: bytes, first_line: int, buckets: int = 0) -> ChunkResult:
+    """Build a chunk's inner conversions; with ``buckets``, only split its runs into
+    that many buckets by id, for `_Engine._regroup`."""
     assert _WORKER is not None
     plan, _, spec, layout = _WORKER
     d = spec.dialect.delimiter
-    scanned = _scan(data, first_line, layout) if layout is not None else None
-    runs: list[Run | Shared]
-    if scanned is not None:
-        runs, nrows, blank = scanned
-        boundary_ok = True
+    recs = _records(data, first_line, layout) if layout is not None else None
+    if recs is not None:
+        if buckets:
+            return ChunkResult(
+                Output(),
+                recs.rows,
+                recs.blank,
+                None,
+                None,
+                [],
+                False,
+                True,
+                _split(recs.items, buckets, plan.kind, layout),
+            )
+        runs = cut_lane(recs.items, layout)  # type: ignore[arg-type]
+        nrows, blank, boundary_ok = recs.rows, recs.blank, True
     else:
         parsed, nrows, blank, boundary_ok = _parse(data, first_line)
         runs = list(parsed)
@@ -244,11 +272,9 @@ def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResul
                 dup = True
             seen.add(run.id)
             run_ids.append(run.id)
-    if mode == "runs":
-        plain = [r.as_run(d) if isinstance(r, Shared) else r for r in runs]
-        return ChunkResult(
-            out, nrows, blank, None, None, run_ids, dup, boundary_ok, _pickled(plain)
-        )
+    if buckets:
+        parts = _split(runs, buckets, plan.kind, layout)
+        return ChunkResult(out, nrows, blank, None, None, [], dup, boundary_ok, parts)
     head = tail = None
     inner = runs
     if plan.kind != "products" and runs:
@@ -267,24 +293,140 @@ def _chunk_task(data: bytes, first_line: int, mode: str = "build") -> ChunkResul
     return ChunkResult(out, nrows, blank, head, tail, run_ids, dup, boundary_ok)
 
 
-def _pickled(runs: list[Run]) -> list[tuple[str | None, int, bytes]]:
-    """Runs as SQLite-ready rows, serialised here so the main process only moves bytes."""
-    return [(r.id, r.rows[0].line, pickle.dumps(r, 5)) for r in runs]
+Parked = Run | Shared | Line | Row  # what pass 1 of a regroup parks in a bucket
 
 
-def _build_task(groups: list[list[bytes]]) -> Output:
-    """Build whole conversions from the pickled runs of each (regrouped) id."""
+def _key(item: Parked, layout: Layout | None, kind: str) -> Any:
+    """The id a parked item groups on; a tuple (its line) when it stands alone."""
+    is_run = isinstance(item, (Run, Shared))
+    cid = item.id if is_run else record_id(item, layout) or None  # type: ignore[union-attr,arg-type]
+    if cid is None or kind == "products":
+        return (_first_line(item),)
+    return cid
+
+
+def _split(items: list[Any], buckets: int, kind: str, layout: Layout | None) -> dict[int, bytes]:
+    """Pickled items per bucket; all items of one id land in one bucket, in every
+    process (a CRC, not hash())."""
+    parts: dict[int, list[Parked]] = {}
+    for item in items:
+        key = _key(item, layout, kind)
+        if key.__class__ is tuple:
+            k = key[0] % buckets
+        else:
+            k = zlib.crc32(key.encode("utf-8", "surrogatepass")) % buckets
+        part = parts.get(k)
+        if part is None:
+            parts[k] = [item]
+        else:
+            part.append(item)
+    return {k: pickle.dumps(v, 5) for k, v in parts.items()}
+
+
+def _first_line(item: Parked) -> int:
+    if isinstance(item, Shared):
+        return item.items[0][0]
+    if isinstance(item, Run):
+        return item.rows[0].line
+    return item[0] if item.__class__ is tuple else item.line  # type: ignore[index,union-attr]
+
+
+def _runs_of(group: list[Parked], layout: Layout | None) -> list[Run | Shared]:
+    """A group's runs in file order: parked records are cut by the fast lane."""
+    if layout is None:
+        return group  # type: ignore[return-value]
+    runs: list[Run | Shared] = []
+    pending: list[Line | Row] = []
+    for item in group:
+        if isinstance(item, (Run, Shared)):
+            if pending:
+                runs.extend(cut_lane(pending, layout))
+                pending = []
+            runs.append(item)
+        else:
+            pending.append(item)
+    if pending:
+        runs.extend(cut_lane(pending, layout))
+    return runs
+
+
+def _build_group(group: list[Run | Shared], plan: Plan, delimiter: str) -> Built:
+    """Build one conversion from its runs, gathered from all over the file."""
+    first = group[0]
+    if len(group) > 1:
+        heads = [r.head if isinstance(r, Shared) else None for r in group]
+        if heads[0] is not None and all(h == heads[0] for h in heads):
+            items = [it for r in group for it in r.items]  # type: ignore[union-attr]
+            first = Shared(first.id, heads[0], items)  # type: ignore[arg-type]
+        else:
+            plain = [r.as_run(delimiter) if isinstance(r, Shared) else r for r in group]
+            first = Run(first.id, [row for r in plain for row in r.rows])
+            first.pre = [p for r in plain for p in r.pre]
+    if isinstance(first, Shared):
+        return plan.build_shared(first.head, first.id, first.items, delimiter)
+    return _build_run(first, plan)
+
+
+def _bucket_task(source: str, dest: str) -> None:
+    """Build every conversion of one bucket; write them in order of their first line.
+
+    A bucket holds whole conversions (all runs of an id share a bucket) in file order,
+    so gathering them in a dict keeps first appearances in order.
+    """
     assert _WORKER is not None
-    plan = _WORKER[0]
-    out = Output()
-    for blobs in groups:
-        run: Run = pickle.loads(blobs[0])
-        for more in blobs[1:]:
-            other: Run = pickle.loads(more)
-            run.rows.extend(other.rows)
-            run.pre.extend(other.pre)
-        out.add(_build_run(run, plan))
-    return out if _WORKER[2].products_from_conversions else out.pack()
+    plan, _, spec, layout = _WORKER
+    groups: dict[Any, list[Parked]] = {}
+    with open(source, "rb") as f:
+        while True:
+            try:
+                batch: list[Parked] = pickle.load(f)
+            except EOFError:
+                break
+            for item in batch:
+                key = _key(item, layout, plan.kind)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [item]
+                else:
+                    group.append(item)
+    os.unlink(source)
+    d = spec.dialect.delimiter
+    with open(dest, "wb") as out:
+        entries: list[tuple[Any, ...]] = []
+        for group in groups.values():
+            b = _build_group(_runs_of(group, layout), plan, d)
+            rec = b.record
+            entries.append(
+                (
+                    _first_line(group[0]),
+                    (rec.id, rec.json, rec.lines) if rec is not None else None,
+                    b.problems,
+                    b.rows,
+                    b.lines,
+                    b.id,
+                )
+            )
+            if len(entries) >= 1000:
+                pickle.dump(entries, out, 5)
+                entries = []
+        if entries:
+            pickle.dump(entries, out, 5)
+
+
+def _built_entries(path: Path) -> Iterator[tuple[int, Built]]:
+    """Read back what `_bucket_task` wrote: (first line, Built), in order."""
+    with open(path, "rb") as f:
+        while True:
+            try:
+                batch = pickle.load(f)
+            except EOFError:
+                return
+            for first, rec, problems, rows, lines, cid in batch:
+                yield first, Built(Record(*rec) if rec else None, problems, rows, lines, cid)
+
+
+def _first(entry: tuple[int, Built]) -> int:
+    return entry[0]
 
 
 class _Boundary(Exception):
@@ -625,7 +767,7 @@ class _Engine:
         finally:
             ids.close()
 
-    def _sequential_runs(self, rows_per_batch: int = 5000) -> Iterator[ChunkResult]:
+    def _sequential_runs(self, buckets: int, rows_per_batch: int = 5000) -> Iterator[ChunkResult]:
         """Rows read by one csv reader over the whole stream, cut into runs here."""
         assert _WORKER is not None
         plan, transform, spec, _ = _WORKER
@@ -643,16 +785,22 @@ class _Engine:
                     continue
                 rows.append(row)
                 if len(rows) >= rows_per_batch:
-                    yield self._as_result(rows, blank, plan, transform, spec)
+                    yield self._as_result(rows, blank, plan, transform, spec, buckets)
                     rows, blank = [], 0
-            yield self._as_result(rows, blank, plan, transform, spec)
+            yield self._as_result(rows, blank, plan, transform, spec, buckets)
 
     @staticmethod
     def _as_result(
-        rows: list[Row], blank: int, plan: Plan, transform: RowTransform | None, spec: Spec
+        rows: list[Row],
+        blank: int,
+        plan: Plan,
+        transform: RowTransform | None,
+        spec: Spec,
+        buckets: int,
     ) -> ChunkResult:
         runs = _runs(rows, plan, transform, len(spec.header))
-        return ChunkResult(Output(), len(rows), blank, None, None, [], False, True, _pickled(runs))
+        parts = _split(runs, buckets, plan.kind, None)
+        return ChunkResult(Output(), len(rows), blank, None, None, [], False, True, parts)
 
     def _dedupe_write(self, writer: _Writer, out: Output) -> None:
         """Products from conversions: keep the first occurrence of each product id."""
@@ -675,66 +823,57 @@ class _Engine:
     # -------------------------------------------------------------- regroup path
 
     def _regroup(self, writer: _Writer, chunk_bytes: int) -> None:
-        """Ungrouped files: park runs in SQLite, read them back grouped by id.
+        """Ungrouped files: an on-disk bucket sort by conversion id, in two passes.
+
+        Pass 1 cuts the file into runs and appends each to one of N bucket files by a
+        hash of its id, so every conversion lies whole in one bucket, in file order.
+        Pass 2 builds the buckets in parallel (N grows with the file, so one bucket
+        fits in memory) and writes each one's conversions in order of their first
+        line; merging the buckets on that line gives the grouped file's output, byte
+        for byte, with problems and rejects in the same order.
 
         ``chunk_bytes`` of 0 reads the file as one sequential stream of rows in this
         process (for files whose stray quotes defeat chunking); memory stays bounded.
         """
         rep = writer.report
-        db_path = self.work / "regroup.sqlite"
-        db_path.unlink(missing_ok=True)
-        db = sqlite3.connect(db_path)
+        folder = self.work / "buckets"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        n = max(8, min(MAX_BUCKETS, self.path.stat().st_size // BUCKET_BYTES + 1))
+        sources = [folder / f"{k:04d}.runs" for k in range(n)]
+        results = [folder / f"{k:04d}.built" for k in range(n)]
         try:
-            db.executescript(
-                "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-16000;"
-                "PRAGMA temp_store=FILE;"
-                "CREATE TABLE runs(id TEXT NOT NULL, line INTEGER NOT NULL, data BLOB);"
-            )
-            alone = 0
-            if chunk_bytes:
-                results = self._map(
-                    _chunk_task, ((d, line, "runs") for d, line in self._chunks(chunk_bytes))
-                )
-            else:
-                results = self._sequential_runs()
-            for res in results:
-                if not res.boundary_ok:
-                    raise _Boundary
-                rep.rows_read += res.rows + res.blank
-                rep.rows_skipped += res.blank
-                batch = []
-                for key, line, blob in res.runs or []:
-                    if key is None or self.plan.kind == "products":
-                        alone += 1
-                        key = f"\x00{alone:012d}"
-                    batch.append((key, line, blob))
-                db.executemany("INSERT INTO runs VALUES (?,?,?)", batch)
-            db.execute("CREATE INDEX runs_id ON runs(id, line)")
-            for out in self._map(_build_task, ((b,) for b in _grouped_runs(db))):
-                if self.dedupe:
-                    self._dedupe_write(writer, out)
+            files = [open(p, "wb") for p in sources]  # noqa: SIM115
+            try:
+                if chunk_bytes:
+                    parts = self._map(
+                        _chunk_task, ((d, line, n) for d, line in self._chunks(chunk_bytes))
+                    )
                 else:
+                    parts = self._sequential_runs(n)
+                for res in parts:
+                    if not res.boundary_ok:
+                        raise _Boundary
+                    rep.rows_read += res.rows + res.blank
+                    rep.rows_skipped += res.blank
+                    for k, blob in (res.buckets or {}).items():
+                        files[k].write(blob)
+            finally:
+                for f in files:
+                    f.close()
+            for _ in self._map(
+                _bucket_task, zip(map(str, sources), map(str, results), strict=True)
+            ):
+                pass
+            out = Output()
+            for _, built in heapq.merge(*map(_built_entries, results), key=_first):
+                out.add(built, writer.seen_products)
+                if out.ok + out.bad + out.rows_dup >= 1000:
                     writer.write(out)
+                    out = Output()
+            writer.write(out)
         finally:
-            db.close()
-            db_path.unlink(missing_ok=True)
-
-
-def _grouped_runs(db: sqlite3.Connection, batch: int = 500) -> Iterator[list[list[bytes]]]:
-    """The pickled runs of each id, ids in order of first appearance, in batches."""
-    groups: list[list[bytes]] = []
-    firsts = db.execute("SELECT id FROM runs GROUP BY id ORDER BY MIN(line)")
-    fetch = db.cursor()
-    for (key,) in firsts:
-        blobs = [
-            b for (b,) in fetch.execute("SELECT data FROM runs WHERE id = ? ORDER BY line", (key,))
-        ]
-        groups.append(blobs)
-        if len(groups) >= batch:
-            yield groups
-            groups = []
-    if groups:
-        yield groups
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class _IdSet:

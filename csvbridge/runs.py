@@ -1,8 +1,8 @@
 """Runs: consecutive rows of one conversion id, cut from parsed rows or from raw text.
 
-`cut_runs` takes rows the csv module parsed.  `scan_chunk` is the fast lane for files
-laid out like the documented header (conversion-level columns first, item columns
-last, no mapping): it reads a chunk's text line by line, and a row whose
+`cut_runs` takes rows the csv module parsed.  `records` + `cut_lane` are the fast lane
+for files laid out like the documented header (conversion-level columns first, item
+columns last, no mapping): a chunk's text is read line by line, and a row whose
 conversion-level text repeats the previous row's exactly is not split at all, since it
 can neither conflict nor change the conversion.  Such runs (`Shared`) are built by
 `Plan.build_shared`; anything irregular (a quoted field, a ragged row, rows of one id
@@ -134,16 +134,21 @@ class Layout:
         return cls(n_head, n_item, id_col, delimiter)
 
 
+Line = tuple[int, str]  # an unquoted record: its line number and its text
+
+
 @dataclass(slots=True)
-class Scanned:
-    runs: list[Run | Shared]
+class Records:
+    """A chunk's records in order: plain lines as (line, text), quoted ones parsed."""
+
+    items: list[Line | Row]
     rows: int
     blank: int
 
 
-def scan_chunk(text: str, first_line: int, layout: Layout) -> Scanned | None:
-    """Cut a decoded, record-aligned chunk into runs; None to let the csv module do it
-    (a bare CR, or a quoted field that does not close inside the chunk)."""
+def records(text: str, first_line: int, layout: Layout) -> Records | None:
+    """The records of a decoded, record-aligned chunk; None to let the csv module read
+    it (a bare CR, or a quoted field that does not close inside the chunk)."""
     crlf = "\r" in text
     if crlf and text.count("\r") != text.count("\r\n"):
         return None
@@ -151,6 +156,63 @@ def scan_chunk(text: str, first_line: int, layout: Layout) -> Scanned | None:
     if raw and raw[-1] == "":
         raw.pop()
     lines = [s[:-1] if s[-1:] == "\r" else s for s in raw] if crlf else raw
+    d = layout.delimiter
+    out: list[Line | Row] = []
+    append = out.append
+    rows = blank = 0
+    i, n = 0, len(lines)
+    while i < n:
+        line = lines[i]
+        if '"' not in line:
+            if line.strip(d):
+                append((first_line + i, line))
+                rows += 1
+            else:
+                blank += 1
+            i += 1
+            continue
+        # a quoted record (perhaps over several lines): the csv module reads it
+        j = i
+        quotes = line.count('"')
+        while quotes & 1:
+            j += 1
+            if j >= n:
+                return None
+            quotes += lines[j].count('"')
+        segment = [s + "\n" for s in raw[i : j + 1]]
+        segment.append(SENTINEL + "\n")
+        reader = csv.reader(segment, delimiter=d, quotechar='"')
+        base = first_line + i - 1
+        prev_end = 0
+        parsed: list[Row] = []
+        for cells in reader:
+            start = base + prev_end + 1
+            prev_end = reader.line_num
+            if not cells or (not cells[0] and not any(cells)):
+                blank += 1
+                continue
+            parsed.append(Row(start, cells))
+        if not parsed or parsed.pop().cells != [SENTINEL]:
+            return None
+        out.extend(parsed)
+        rows += len(parsed)
+        i = j + 1
+    return Records(out, rows, blank)
+
+
+def record_id(record: Line | Row, layout: Layout) -> str:
+    """The conversion id of a record ("" when it has none)."""
+    k = layout.id_col
+    if record.__class__ is tuple:
+        parts = record[1].split(layout.delimiter, k + 1)  # type: ignore[index]
+        return parts[k] if len(parts) > k else ""
+    cells = record.cells  # type: ignore[union-attr]
+    return cells[k] if len(cells) > k else ""
+
+
+def cut_lane(recs: list[Line | Row], layout: Layout) -> list[Run | Shared]:
+    """Cut records into runs of one id: `Shared` while the conversion-level text
+    repeats exactly, an ordinary `Run` as soon as anything is irregular."""
     d = layout.delimiter
     n_head, n_item, id_col = layout.n_head, layout.n_item, layout.id_col
     ncols = n_head + n_item
@@ -160,8 +222,6 @@ def scan_chunk(text: str, first_line: int, layout: Layout) -> Scanned | None:
     sep: str | None = None  # the current conversion-level text and its delimiter
     nsep = 0
     head: list[str] = []
-    rows = blank = 0
-    i, n = 0, len(lines)
 
     def add_parsed(row: Row) -> None:
         """A row parsed in full (quoted or ragged): the ordinary path of `cut_runs`."""
@@ -181,53 +241,20 @@ def scan_chunk(text: str, first_line: int, layout: Layout) -> Scanned | None:
             cur = Run(cid, [row], pre)
             runs.append(cur)
 
-    while i < n:
-        line = lines[i]
-        if '"' in line:
-            # a quoted record (perhaps over several lines): the csv module reads it
-            j = i
-            quotes = line.count('"')
-            while quotes & 1:
-                j += 1
-                if j >= n:
-                    return None
-                quotes += lines[j].count('"')
-            segment = [s + "\n" for s in raw[i : j + 1]]
-            segment.append(SENTINEL + "\n")
-            reader = csv.reader(segment, delimiter=d, quotechar='"')
-            base = first_line + i - 1
-            prev_end = 0
-            parsed: list[Row] = []
-            for cells in reader:
-                start = base + prev_end + 1
-                prev_end = reader.line_num
-                if not cells or (not cells[0] and not any(cells)):
-                    blank += 1
-                    continue
-                parsed.append(Row(start, cells))
-            if not parsed or parsed.pop().cells != [SENTINEL]:
-                return None
-            for row in parsed:
-                add_parsed(row)
-            rows += len(parsed)
+    for rec in recs:
+        if rec.__class__ is not tuple:
+            add_parsed(rec)  # type: ignore[arg-type]
             sep = None
-            i = j + 1
             continue
-        lineno = first_line + i
-        i += 1
+        lineno, line = rec  # type: ignore[misc]
         if sep is not None and line.startswith(sep):
             text_items = line[nsep:]
             if text_items.count(d) == item_seps:
-                rows += 1
                 if isinstance(cur, Shared):
                     cur.items.append((lineno, text_items))
                 else:  # same id as a row that was not regular
                     cur.rows.append(Row(lineno, head + text_items.split(d)))  # type: ignore[union-attr]
                 continue
-        if not line.strip(d):
-            blank += 1
-            continue
-        rows += 1
         parts = line.rsplit(d, n_item)
         if len(parts) == n_item + 1:
             head_text = parts[0]
@@ -249,7 +276,35 @@ def scan_chunk(text: str, first_line: int, layout: Layout) -> Scanned | None:
                 continue
         sep = None
         add_parsed(Row(lineno, line.split(d)))
-    return Scanned(runs, rows, blank)
+    return runs
 
 
-__all__ = ["Layout", "Run", "Scanned", "Shared", "cut_runs", "prepare_row", "scan_chunk"]
+@dataclass(slots=True)
+class Scanned:
+    runs: list[Run | Shared]
+    rows: int
+    blank: int
+
+
+def scan_chunk(text: str, first_line: int, layout: Layout) -> Scanned | None:
+    """A chunk's runs through the fast lane, or None when the csv module must read it."""
+    recs = records(text, first_line, layout)
+    if recs is None:
+        return None
+    return Scanned(cut_lane(recs.items, layout), recs.rows, recs.blank)
+
+
+__all__ = [
+    "Layout",
+    "Line",
+    "Records",
+    "Run",
+    "Scanned",
+    "Shared",
+    "cut_lane",
+    "cut_runs",
+    "prepare_row",
+    "record_id",
+    "records",
+    "scan_chunk",
+]
