@@ -151,6 +151,90 @@ def test_larger_ungrouped_file_with_small_chunks(tmp_path, workers):
     assert report.rows_read == len(rows) and report.accounted
 
 
+def rows_with_line_numbers(rows: list[list[str]], order: list[int]) -> list[list[str]]:
+    return [rows[i] for i in order]
+
+
+def files_of(done) -> tuple[bytes, bytes, bytes]:
+    return (done.ndjson.read_bytes(), done.index.read_bytes(), done.rejected.read_bytes())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ungrouped_rejects_and_problems_come_out_in_the_grouped_order(
+    tmp_path, monkeypatch, workers
+):
+    """The bucket sort builds conversions bucket by bucket, but the merge puts every
+    valid line, every reject and every problem back in order of first appearance."""
+    import csvbridge.convert as cv
+
+    monkeypatch.setattr(cv, "BUCKET_BYTES", 512)  # many small buckets
+    rows = grouped_rows(300, seed=11)
+    shuffled = ungroup(rows, seed=12)
+    # the grouped file with the conversions in the order the shuffled file first
+    # shows them: what the regrouped output must equal
+    order = list(dict.fromkeys(r[0] for r in shuffled))
+    by_id: dict[str, list[list[str]]] = {}
+    for r in rows:
+        by_id.setdefault(r[0], []).append(r)
+    regrouped = [r for cid in order for r in by_id[cid]]
+    _, rep1, done1 = run(tmp_path, to_csv(regrouped))
+    _, rep2, done2 = run(tmp_path, to_csv(shuffled), chunk_bytes=2048, workers=workers)
+    nd1, ix1, rj1 = files_of(done1)
+    nd2, ix2, rj2 = files_of(done2)
+    assert nd2 == nd1 and nd1
+    assert rj1 and rj2.count(b"\n") == rj1.count(b"\n")
+    assert rep2.objects_rejected == rep1.objects_rejected > 0
+    # lines differ (the files differ), ids and their order do not
+    assert [line.split(b"\t")[0] for line in ix2.splitlines()] == [
+        line.split(b"\t")[0] for line in ix1.splitlines()
+    ]
+    errors1 = [(e["code"], e["meta"]["ids"]) for e in rep1.problems.errors]
+    errors2 = [(e["code"], e["meta"]["ids"]) for e in rep2.problems.errors]
+    assert errors2 == errors1
+    assert len(list((done2.ndjson.parent).glob("buckets"))) == 0  # cleaned up
+
+
+def test_ungrouped_export_read_through_a_mapping_is_regrouped(tmp_path):
+    """Mapped files do not take the fast lane: their runs are parked as parsed rows."""
+    src = FIXTURES / "commercehq" / "orders.csv"
+    mapping = FIXTURES / "commercehq" / "mapping.yaml"
+    header, *records = list(csv.reader(io.StringIO(src.read_text(encoding="utf-8"))))
+    shuffled = records[:]
+    random.Random(5).shuffle(shuffled)
+    assert shuffled != records
+    nd1, rep1, _ = run(tmp_path, src, mapping=mapping)
+    nd2, rep2, _ = run(tmp_path, to_csv(shuffled, header), mapping=mapping)
+    assert "UNGROUPED_FILE" in [w["code"] for w in rep2.problems.warnings]
+    one = {o["id"]: o for o in conversions_of(nd1)}
+    two = {o["id"]: o for o in conversions_of(nd2)}
+    assert one.keys() == two.keys() and len(one) > 5
+    for cid, conv in one.items():
+        # same conversion, items in the (shuffled) file order
+        items = sorted(conv["conversion_items"], key=lambda i: i["id"])
+        assert sorted(two[cid]["conversion_items"], key=lambda i: i["id"]) == items
+    assert rep2.objects_valid == rep1.objects_valid
+
+
+def test_ungrouped_file_whose_chunks_mix_both_lanes(tmp_path):
+    """A bare CR sends some chunks to the csv module (parked as runs) while others park
+    raw lines: the regrouped output is still the grouped one."""
+    rows = grouped_rows(120, seed=13)
+    marked = {r[0] for r in rows[::37]}
+    for r in rows:
+        if r[0] in marked:
+            r[6] = "old,\rmac"  # quoted (for its comma); a bare CR inside
+    shuffled = ungroup(rows, seed=14)
+    order = list(dict.fromkeys(r[0] for r in shuffled))
+    by_id: dict[str, list[list[str]]] = {}
+    for r in rows:
+        by_id.setdefault(r[0], []).append(r)
+    regrouped = [r for cid in order for r in by_id[cid]]
+    nd1, rep1, _ = run(tmp_path, to_csv(regrouped))
+    nd2, rep2, _ = run(tmp_path, to_csv(shuffled), chunk_bytes=700)
+    assert nd2 == nd1 and b"old,\\rmac" in nd1
+    assert rep2.objects_rejected == rep1.objects_rejected
+
+
 @pytest.mark.parametrize("chunk", [64, 300, 1500])
 def test_chunk_size_never_changes_the_output(tmp_path, chunk):
     data = to_csv(grouped_rows(60, seed=3), eol="\r\n") + b"\n\n"
