@@ -164,6 +164,7 @@ class Plan:
         self.item_id_from_product = False
         self._item_memo: dict[str, bytes] | None = None
         self._memo_tries = self._memo_hits = 0
+        self._lanes: dict[tuple[str, int], tuple[Callable[..., Any], int, int]] = {}
         self._check_required()
         if kind == "products":
             self.id_col = seen["id"]
@@ -176,7 +177,7 @@ class Plan:
             conv_cols = [(i, p) for i, p in used if not p.startswith(ITEM_PREFIX)]
             self.conv_cols = tuple(i for i, _ in conv_cols)
             self._head_fn = self._generate("_head", self._tree(conv_cols, ""), top=True)
-            item_tree = self._tree(item_cols, "")
+            item_tree = self._item_tree = self._tree(item_cols, "")
             self._item_fn = self._generate("_item", item_tree, top=False)
             self.item_id_col = seen.get(ITEM_PREFIX + "id", seen[ITEM_PREFIX + "product.id"])
             self._qty_col = seen[ITEM_PREFIX + "original_quantity"]
@@ -223,7 +224,17 @@ class Plan:
             node.members.append((parts[-1], i))
         return root
 
-    def _generate(self, name: str, root: _Node, *, top: bool) -> Callable[..., Any]:
+    def _generate(
+        self,
+        name: str,
+        root: _Node,
+        *,
+        top: bool,
+        offset: int = 0,
+        text_node: _Node | None = None,
+        text_at: int = 0,
+        delimiter: str = ",",
+    ) -> Callable[..., Any]:
         """Generate ``def name(c, P) -> list[bytes]`` writing the members of `root`.
 
         Each leaf is a memoised codec lookup.  Each nested object (an address, a
@@ -233,6 +244,13 @@ class Plan:
         reported with its own line.
         """
         lines = [f"def {name}(c, P):"]
+        # where a column's cell is: c[col - offset], or q[col - text_at] inside
+        # `text_node`, whose raw text c[-1] is its memo key (fast lane)
+        inside = [False]
+
+        def cell(col: int) -> tuple[str, int]:
+            return ("q", col - text_at) if inside[0] else ("c", col - offset)
+
         env: dict[str, Any] = {
             "_flag": _flag,
             "_dumps": orjson.dumps,
@@ -240,11 +258,7 @@ class Plan:
         }
         counter = [0]
 
-        def columns(node: _Node) -> list[int]:
-            cols: list[int] = []
-            for _, m in node.members:
-                cols.extend(columns(m) if isinstance(m, _Node) else [m])
-            return cols
+        columns = _columns
 
         def emit(node: _Node, var: str, depth: int) -> None:
             pad = "    " * depth
@@ -254,17 +268,28 @@ class Plan:
                 if isinstance(member, _Node):
                     counter[0] += 1
                     n = counter[0]
-                    cols = columns(member)
                     k = orjson.dumps(key) + b":{"
-                    env[f"G{n}"] = (
-                        operator.itemgetter(*cols) if len(cols) > 1 else (lambda c, i=cols[0]: c[i])
-                    )
                     env[f"M{n}"] = {}
-                    lines.append(f"{pad}g = G{n}(c)")
+                    if member is text_node:
+                        lines.append(f"{pad}g = c[-1]")
+                    else:
+                        where = [cell(col) for col in columns(member)]
+                        idx = [i for _, i in where]
+                        env[f"G{n}"] = (
+                            operator.itemgetter(*idx)
+                            if len(idx) > 1
+                            else (lambda c, i=idx[0]: c[i])
+                        )
+                        lines.append(f"{pad}g = G{n}({where[0][0]})")
                     lines.append(f"{pad}s{n} = M{n}.get(g)")
                     lines.append(f"{pad}if s{n} is None:")
                     lines.append(f"{pad}    p{n} = len(P)")
+                    if member is text_node:
+                        lines.append(f"{pad}    q = g.split({delimiter!r})")
+                        inside[0] = True
                     emit(member, f"o{n}", depth + 1)
+                    if member is text_node:
+                        inside[0] = False
                     lines.append(
                         f"{pad}    s{n} = {k!r} + b','.join(o{n}) + b'}}' if o{n} else b''"
                     )
@@ -280,7 +305,8 @@ class Plan:
                 env[f"F{col}"] = codec
                 env[f"X{col}"] = codec.prefix
                 # the memo holds valid members only: a hit needs no further check
-                lines.append(f"{pad}v = c[{col}]")
+                base, at = cell(col)
+                lines.append(f"{pad}v = {base}[{at}]")
                 lines.append(f"{pad}if v:")
                 lines.append(f"{pad}    r = K{col}.get(v)")
                 lines.append(f"{pad}    if r is None:")
@@ -358,6 +384,14 @@ class Plan:
             if self._memo_tries > ITEM_MEMO_TRIAL and self._memo_hits * 4 < self._memo_tries:
                 # items rarely repeat in this file (prices vary...): stop paying for it
                 self._item_memo = memo = None
+        lane_item, cut, text_at = self._lane_item(delimiter, len(head))
+        n_head = len(head)
+        pid_in_text = self._pid_col - text_at if cut >= 0 else -1
+        id_at, qty_at, pid_at = (
+            self.item_id_col - n_head,
+            self._qty_col - n_head,
+            self._pid_col - n_head,
+        )
         for line, text in items:
             rest = None
             if memo is not None:
@@ -373,9 +407,60 @@ class Plan:
                         seen_ids[iid] = line
                         out.append(b"{" + idm + tail)  # type: ignore[operator]
                         continue
-            cells = head + text.split(delimiter)
-            out.append(self._item_member(cells, line, cid, seen_ids, problems, rest))
+            c = text.split(delimiter, cut)
+            P: list[tuple[int, Any]] = []
+            parts = lane_item(c, P)
+            iid = c[id_at]
+            if pid_in_text < 0:
+                has_pid = c[pid_at]
+            elif pid_in_text == 0:  # the product text starts with the product id
+                t = c[-1]
+                has_pid = t and not t.startswith(delimiter)
+            else:
+                has_pid = c[-1].split(delimiter, pid_in_text + 1)[pid_in_text]
+            if P or not iid or iid in seen_ids or not c[qty_at] or not has_pid:
+                # something to report: the ordinary path, which reports it exactly
+                cells = head + text.split(delimiter)
+                out.append(self._item_member(cells, line, cid, seen_ids, problems, rest))
+                continue
+            seen_ids[iid] = line
+            if rest is not None:
+                self._remember(rest, parts)
+            out.append(b"{" + b",".join(parts) + b"}")
         return self._finish(cid, members, out, problems, tuple(line for line, _ in items))
+
+    def _lane_item(self, delimiter: str, n_head: int) -> tuple[Callable[..., Any], int, int]:
+        """The item function of the fast lane, how many cells to split off (-1: all) and
+        the first column left in the unsplit text.
+
+        It reads an item's cells straight from its text (no head cells in front).  When
+        the item ends with a nested object (the product, in the documented header), the
+        text of that object's columns is left unsplit and is its memo key: a product
+        repeated on many rows is then found by one string lookup.
+        """
+        key = (delimiter, n_head)
+        lane = self._lanes.get(key)
+        if lane is not None:
+            return lane
+        root = self._item_tree
+        text_node, text_at, cut = None, 0, -1
+        last = root.members[-1][1] if root.members else None
+        if isinstance(last, _Node):
+            cols = sorted(_columns(last))
+            used_after = [c for c in self.codecs if c >= cols[0] and c not in set(cols)]
+            if cols[-1] == self.ncols - 1 and not used_after and self.item_id_col < cols[0]:
+                text_node, text_at, cut = last, cols[0], cols[0] - n_head
+        fn = self._generate(
+            "_lane_item",
+            root,
+            top=False,
+            offset=n_head,
+            text_node=text_node,
+            text_at=text_at,
+            delimiter=delimiter,
+        )
+        lane = self._lanes[key] = (fn, cut, text_at)
+        return lane
 
     def _head_members(
         self, cells: list[str], line: int, cid: str, problems: list[Problem]
@@ -444,12 +529,17 @@ class Plan:
         if not c[self._pid_col]:
             problems.append(self._missing(ITEM_PREFIX + "product.id", line, cid))
         if memo_key is not None and len(problems) == before:
-            memo = self._item_memo
-            assert memo is not None
-            if len(memo) >= ITEM_CACHE:
-                memo.clear()
-            memo[memo_key] = (b"," + b",".join(parts[1:]) if len(parts) > 1 else b"") + b"}"
+            self._remember(memo_key, parts)
         return b"{" + b",".join(parts) + b"}"
+
+    def _remember(self, rest: str, parts: list[bytes]) -> None:
+        """Memoise a clean item's members after its id (the first member) on `rest`."""
+        memo = self._item_memo
+        if memo is None:
+            return
+        if len(memo) >= ITEM_CACHE:
+            memo.clear()
+        memo[rest] = (b"," + b",".join(parts[1:]) if len(parts) > 1 else b"") + b"}"
 
     def _finish(
         self,
@@ -546,6 +636,14 @@ class Plan:
             for col, r in P
         ]
         return out
+
+
+def _columns(node: _Node) -> list[int]:
+    """The columns under a node, in member order."""
+    cols: list[int] = []
+    for _, m in node.members:
+        cols.extend(_columns(m) if isinstance(m, _Node) else [m])
+    return cols
 
 
 def _under_a_value(path: str, leaves: dict[str, int]) -> bool:
