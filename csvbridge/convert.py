@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 
 from csvbridge.cells import CodecOptions
 from csvbridge.config import ConvertSettings
-from csvbridge.errors import ConfigError
+from csvbridge.errors import ConfigError, InputError
 from csvbridge.fold import Built, Plan, Record, normalize_header
 from csvbridge.mapping import Mapping, RowTransform, compile_mapping, load_mapping
 from csvbridge.reader import CHUNK_BYTES, CsvFile, Dialect, Row, parse_chunk
@@ -204,6 +204,28 @@ def _build_run(run: Run, plan: Plan) -> Built:
     return built
 
 
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A chunk by its place in a plain file: a worker reads it there (one copy) rather
+    than receive its bytes through a pipe (four)."""
+
+    path: str
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        fd = _FILES.get(self.path)
+        if fd is None:
+            fd = _FILES[self.path] = os.open(self.path, os.O_RDONLY)
+        data = os.pread(fd, self.size, self.offset)
+        if len(data) != self.size:
+            raise InputError("the file changed while it was being converted", file=self.path)
+        return data
+
+
+_FILES: dict[str, int] = {}  # per worker process: files it reads chunks from
+
+
 def _records(data: bytes, first_line: int, layout: Layout) -> Records | None:
     """The fast lane's records of a chunk, or None when the csv module must read it."""
     try:
@@ -237,10 +259,12 @@ def _parse(data: bytes, first_line: int) -> tuple[list[Run], int, int, bool]:
     return runs, len(parsed.rows), parsed.blank, parsed.boundary_ok
 
 
-def _chunk_task(data: bytes, first_line: int, buckets: int = 0) -> ChunkResult:
+def _chunk_task(data: bytes | Span, first_line: int, buckets: int = 0) -> ChunkResult:
     """Build a chunk's inner conversions; with ``buckets``, only split its runs into
     that many buckets by id, for `_Engine._regroup`."""
     assert _WORKER is not None
+    if isinstance(data, Span):
+        data = data.read()
     plan, _, spec, layout = _WORKER
     d = spec.dialect.delimiter
     recs = _records(data, first_line, layout) if layout is not None else None
@@ -691,7 +715,7 @@ class _Engine:
 
     # -------------------------------------------------------------- chunk streams
 
-    def _chunks(self, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
+    def _chunks(self, chunk_bytes: int) -> Iterator[tuple[bytes | Span, int]]:
         spec = self.spec
         with CsvFile(
             self.path,
@@ -699,7 +723,12 @@ class _Engine:
             encoding=spec.dialect.encoding,
             delimiter=spec.dialect.delimiter,
         ) as csvf:
-            yield from csvf.chunks(chunk_bytes)
+            by_place = self.pool is not None and csvf.path is not None
+            for data, line in csvf.chunks(chunk_bytes):
+                if by_place:
+                    yield Span(csvf.path, csvf.chunk_offset, len(data)), line  # type: ignore[arg-type]
+                else:
+                    yield data, line
 
     def _map(self, fn: Any, items: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
         """Ordered results of fn(*item), a bounded number in flight."""

@@ -169,6 +169,11 @@ class CsvFile:
             sample = self._stream.read(SAMPLE_BYTES)
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"cannot read input: {exc}", file=self.name) from None
+        # a plain file on disk: worker processes can read a chunk themselves at its
+        # offset (`chunk_offset`) instead of receiving its bytes through a pipe
+        plain = isinstance(source, (str, Path)) and str(source) != "-" and not gz
+        self.path: str | None = str(source) if plain else None
+        consumed = len(sample)
         enc, bom = detect_encoding(sample, encoding, whole=len(sample) < SAMPLE_BYTES)
         if bom:
             sample = sample[len(codecs.BOM_UTF8) :]
@@ -196,6 +201,7 @@ class CsvFile:
         if rest.startswith(b"\n"):
             rest = rest[1:]
         self._pending = rest
+        self.chunk_offset = consumed - len(rest)  # file offset of the last chunk yielded
 
     def close(self) -> None:
         if self._stream is not sys.stdin.buffer:
@@ -212,6 +218,7 @@ class CsvFile:
         line = self.header_lines + 1
         buf = self._pending
         self._pending = b""
+        pos = self.chunk_offset  # file offset of buf[0]
         quotes_odd = False  # quote parity at the start of `buf`
         eof = False
         while not eof:
@@ -241,7 +248,9 @@ class CsvFile:
             if piece:
                 # a cut is always made outside quotes, so the next piece starts outside
                 quotes_odd = False
+                self.chunk_offset = pos
                 yield piece, line
+                pos += len(piece)
                 line += piece.count(b"\n")
 
     def rows(self) -> Iterator[Row | None]:

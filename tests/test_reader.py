@@ -326,6 +326,30 @@ def test_chunk_first_lines_are_source_lines():
         assert lines[line - 1].startswith(cells[0].encode())
 
 
+@pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8])
+def test_chunk_offsets_point_at_the_chunk_in_the_file(tmp_path, bom):
+    """Workers read a chunk at its offset in a plain file: it must be the same bytes."""
+    data = bom + _messy_csv(5, rows=60)
+    src = tmp_path / "in.csv"
+    src.write_bytes(data)
+    with CsvFile(src) as f:
+        assert f.path == str(src)
+        pieces = [(piece, f.chunk_offset) for piece, _ in f.chunks(80)]
+    assert len(pieces) > 10
+    for piece, offset in pieces:
+        assert data[offset : offset + len(piece)] == piece
+    assert pieces[-1][1] + len(pieces[-1][0]) == len(data)
+
+
+def test_compressed_and_streamed_inputs_have_no_path_to_read_chunks_from(tmp_path):
+    gz = tmp_path / "in.csv.gz"
+    gz.write_bytes(gzip.compress(_messy_csv(1)))
+    with CsvFile(gz) as f:
+        assert f.path is None
+    with CsvFile(io.BytesIO(_messy_csv(1))) as f:
+        assert f.path is None
+
+
 def test_stray_quote_is_detected_by_the_sentinel():
     # a quote inside an unquoted field flips the quote parity: a later quoted newline
     # looks like a record end to the chunker; the parser must notice the misalignment
