@@ -62,6 +62,7 @@ from csvbridge.runs import (
 log = logging.getLogger(__name__)
 BUCKET_BYTES = 8 << 20  # source bytes per bucket of an ungrouped file: memory per worker
 MAX_BUCKETS = 512
+RESULT_BATCH_BYTES = 64 << 10  # per bucket, in memory during the final merge
 ITEM_PRODUCT = "conversion_items.product."
 
 
@@ -417,6 +418,7 @@ def _bucket_task(source: str, dest: str) -> None:
     d = spec.dialect.delimiter
     with open(dest, "wb") as out:
         entries: list[tuple[Any, ...]] = []
+        size = 0
         for group in groups.values():
             b = _build_group(_runs_of(group, layout), plan, d)
             rec = b.record
@@ -430,9 +432,11 @@ def _bucket_task(source: str, dest: str) -> None:
                     b.id,
                 )
             )
-            if len(entries) >= 1000:
+            size += len(rec.json) if rec is not None else 256
+            if size >= RESULT_BATCH_BYTES:
+                # small batches: the merge holds one batch of every bucket at a time
                 pickle.dump(entries, out, 5)
-                entries = []
+                entries, size = [], 0
         if entries:
             pickle.dump(entries, out, 5)
 
@@ -766,8 +770,13 @@ class _Engine:
                     )
                     continue
                 fresh = res.run_ids
-                if carry is not None and fresh and carry.id is not None and fresh[0] == carry.id:
-                    fresh = fresh[1:]
+                if (
+                    carry is not None
+                    and carry.id is not None
+                    and res.head is not None
+                    and res.head.id == carry.id
+                ):
+                    fresh = fresh[1:]  # the carried conversion goes on: not a new id
                 if res.dup_inside or not ids.add_new(fresh):
                     raise _Ungrouped
                 if res.head is None:

@@ -372,9 +372,14 @@ class Plan:
         its id was seen before reuses that item's JSON: same cells, same members.  The
         result is exactly what `build` gives for the same rows.
         """
+        if self.item_id_from_product:
+            # the item id is the product id: the ordinary path writes it in
+            return self.build([Row(n, head + t.split(delimiter)) for n, t in items])
         problems: list[Problem] = []
         members = self._head_members(head, items[0][0], cid, problems)
-        memo = self._item_memo
+        n_head = len(head)
+        # the item memo keys on the text after the first item column: it must be the id
+        memo = self._item_memo if self.item_id_col == n_head else None
         id_codec = self.codecs[self.item_id_col]
         id_cache = id_codec.cache
         seen_ids: dict[str, int] = {}
@@ -384,8 +389,7 @@ class Plan:
             if self._memo_tries > ITEM_MEMO_TRIAL and self._memo_hits * 4 < self._memo_tries:
                 # items rarely repeat in this file (prices vary...): stop paying for it
                 self._item_memo = memo = None
-        lane_item, cut, text_at = self._lane_item(delimiter, len(head))
-        n_head = len(head)
+        lane_item, cut, text_at = self._lane_item(delimiter, n_head)
         pid_in_text = self._pid_col - text_at if cut >= 0 else -1
         id_at, qty_at, pid_at = (
             self.item_id_col - n_head,

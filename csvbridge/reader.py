@@ -189,7 +189,16 @@ class CsvFile:
             raise InputError(f"delimiter must be one character, got {delimiter!r}")
         delim = delimiter or detect_delimiter(header_text)
         self.dialect = Dialect(enc, delim, bom, gz)
-        header_rows = list(csv.reader(io.StringIO(header_text), delimiter=delim))
+        if "\r" in header_text and b"\n" not in sample:
+            raise InputError(
+                "lines end with a bare CR (classic Mac OS): re-export the file with LF or "
+                "CRLF line ends",
+                file=self.name,
+            )
+        try:
+            header_rows = list(csv.reader(io.StringIO(header_text), delimiter=delim))
+        except csv.Error as exc:
+            raise InputError(f"cannot read the header row: {exc}", file=self.name) from None
         if not header_rows or not any(c.strip() for c in header_rows[0]):
             raise InputError("the first row is empty: a header row is required", file=self.name)
         self.header = header_rows[0]

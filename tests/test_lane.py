@@ -52,9 +52,7 @@ NO_ITEM_ID = [h for h in SMALL if h != "conversion_items.id"]
 # columns csvbridge ignores, at both levels (still inside the layout)
 WITH_IGNORED = [*SMALL[:7], "Colour", *SMALL[7:], "conversion_items.colour"]
 HEADERS = {"full": FULL, "small": SMALL, "no_item_id": NO_ITEM_ID, "ignored": WITH_IGNORED}
-# KNOWN BUG (test_item_id_from_the_product_id): the lanes disagree on every file without
-# conversion_items.id.  Draw "no_item_id" again once that is fixed.
-DRAWN_HEADERS = sorted(set(HEADERS) - {"no_item_id"})
+DRAWN_HEADERS = sorted(HEADERS)
 REQUIRED = {
     "id", "user.user_email", "type", "status", "created", "currency",
     "conversion_items.original_quantity", "conversion_items.product.id",
@@ -197,13 +195,6 @@ def header_of(f: dict[str, Any], rnd: random.Random) -> list[str]:
     if f["shuffle"]:  # any order inside each level: the layout only needs items last
         rnd.shuffle(head)
         rnd.shuffle(items)
-        # KNOWN BUG (test_ignored_item_column_before_the_item_id): an ignored item column
-        # before conversion_items.id makes the two lanes disagree.  Keep it after the id
-        # until that is fixed; then delete these lines.
-        if ITEM + "colour" in items and ITEM + "id" in items:
-            i, j = items.index(ITEM + "colour"), items.index(ITEM + "id")
-            if i < j:
-                items[i], items[j] = items[j], items[i]
     return head + items
 
 
@@ -414,16 +405,8 @@ def test_both_lanes_give_the_same_bytes(f, chunk_bytes, conflict, strict):
     if "raised" in res:
         event(f"raised {res['raised'][0]}")
         return
-    # the chunk size never changes the objects either (KNOWN BUG, not the lane's: an
-    # id-less row at a chunk boundary hides an id that comes back, see
-    # test_id_less_row_at_a_chunk_boundary_hides_an_ungrouped_id; drop the condition
-    # once that is fixed)
-    id_less = any(
-        e["code"] == "MISSING_REQUIRED_PROPERTY" and e["meta"].get("property") == "id"
-        for e in whole.get("report", {}).get("errors", [])
-    )
-    if not id_less:
-        assert (res["ndjson"], res["index"]) == (whole["ndjson"], whole["index"])
+    # the chunk size never changes the objects either
+    assert (res["ndjson"], res["index"]) == (whole["ndjson"], whole["index"])
     assert res["accounted"]
     warnings = {w["code"] for w in res["report"]["warnings"]}
     event("ungrouped" if "UNGROUPED_FILE" in warnings else "grouped")
@@ -640,17 +623,9 @@ def test_conflicts_blanks_ragged_rows_and_memo_hits():
     assert c["status"] == "pending"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_shared's item memo takes the first item column of the text for the item "
-    "id; with an ignored item column before conversion_items.id the fast lane writes that "
-    "column's value as the item id",
-)
 def test_ignored_item_column_before_the_item_id():
-    """Plan enables the item memo when the first *used* item column is the item id, but
-    build_shared splits the id off the raw item text, whose first column here is the
-    ignored ``conversion_items.colour``.  The third conversion (a memo hit) gets
-    ``"id":"red"`` from the fast lane and ``"id":"i1"`` from the ordinary path."""
+    """The item memo splits the id off the raw item text: with an ignored item column
+    first, that is not the id (the fast lane once wrote ``"id":"red"`` for a memo hit)."""
     header = [*HEADER[:6], "conversion_items.colour", "conversion_items.id",
               "conversion_items.original_quantity", "conversion_items.product.id"]  # fmt: skip
     row = ["u@example.com", "online", "pending", "2019-04-29T13:47:47Z", "EUR"]
@@ -664,16 +639,9 @@ def test_ignored_item_column_before_the_item_id():
             assert ids == ["i1", "i1", "i1", "i1"], ("fast lane" if fast else "ordinary", ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="without a conversion_items.id column (the documented fallback: the item id is "
-    "the product id), build_shared's lane item function leaves the item's id member out; "
-    "the ordinary path (_item_member) inserts it",
-)
 def test_item_id_from_the_product_id():
-    """The middle conversion is built by build_shared: its item comes out of the fast
-    lane as ``{"original_quantity":1,...,"product":{"id":"p1",...}}`` with no "id", and
-    out of the ordinary path as ``{"id":"p1","original_quantity":1,...}``."""
+    """Without conversion_items.id the item id is the product id, in both lanes (the
+    fast lane once left it out)."""
     header = [h for h in HEADER if h != "conversion_items.id"]
     text = line(header) + "".join(
         line([c for i, c in enumerate(cells(cid, 1)) if i != 7]) for cid in "abc"
@@ -687,15 +655,10 @@ def test_item_id_from_the_product_id():
             assert ids == ["p1", "p1", "p1"], ("fast lane" if fast else "ordinary", ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not a lane disagreement (both lanes do it): when a chunk starts with an id-less "
-    "row and then the id of the conversion carried over from the previous chunk, "
-    "_Engine._grouped takes that id for a continuation (it compares run_ids[0], the first "
-    "run *with* an id) but does not stitch it (it compares res.head, the id-less run); "
-    "the id is written twice and UNGROUPED_FILE is not noticed",
-)
 def test_id_less_row_at_a_chunk_boundary_hides_an_ungrouped_id():
+    """A chunk starting with an id-less row, then the id carried from the previous chunk:
+    that id comes back after another row, so the file is not grouped (it was once taken
+    for a continuation and written twice)."""
     a, b, none, b2 = (line(cells(c, k)) for c, k in [("a", 1), ("b", 1), ("", 2), ("b", 3)])
     data = (line(HEADER) + a + b + none + b2).encode()
     chunk = len(a) + len(b)  # chunk 1: lines 2-3 (a, b); chunk 2: lines 4-5 ("", b)

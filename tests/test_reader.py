@@ -379,3 +379,11 @@ def test_sequential_rows_match_the_chunked_reader_line_for_line():
         (9, ["5", "z"]),
     ]
     assert [r for r in seq if r] == read_all(data)[2]
+
+
+def test_bare_cr_line_ends_are_a_clear_input_error(tmp_path):
+    """Classic Mac OS line ends: a message saying so, not a csv module traceback."""
+    src = tmp_path / "mac.csv"
+    src.write_bytes(b"id,a\r1,x\r2,y\r")
+    with pytest.raises(InputError, match="bare CR"):
+        CsvFile(src)
