@@ -419,20 +419,18 @@ def _bucket_task(source: str, dest: str) -> None:
     with open(dest, "wb") as out:
         entries: list[tuple[Any, ...]] = []
         size = 0
+        plain = not spec.products_from_conversions  # products are deduplicated in order
         for group in groups.values():
             b = _build_group(_runs_of(group, layout), plan, d)
             rec = b.record
-            entries.append(
-                (
-                    _first_line(group[0]),
-                    (rec.id, rec.json, rec.lines) if rec is not None else None,
-                    b.problems,
-                    b.rows,
-                    b.lines,
-                    b.id,
-                )
-            )
-            size += len(rec.json) if rec is not None else 256
+            if rec is not None and plain and not b.problems:
+                # the usual case, ready to write: (first line, NDJSON line, index line)
+                line = rec.json + b"\n"
+                entries.append((rec.lines[0], line, _index_text([(rec.id, rec.lines)]), b.rows))
+                size += len(line)
+            else:
+                entries.append((_first_line(group[0]), None, None, 0, b))
+                size += 256 + (len(rec.json) if rec is not None else 0)
             if size >= RESULT_BATCH_BYTES:
                 # small batches: the merge holds one batch of every bucket at a time
                 pickle.dump(entries, out, 5)
@@ -441,20 +439,15 @@ def _bucket_task(source: str, dest: str) -> None:
             pickle.dump(entries, out, 5)
 
 
-def _built_entries(path: Path) -> Iterator[tuple[int, Built]]:
-    """Read back what `_bucket_task` wrote: (first line, Built), in order."""
+def _built_entries(path: Path) -> Iterator[tuple[Any, ...]]:
+    """Read back what `_bucket_task` wrote, in order: (first line, NDJSON line, index
+    line, rows) for a clean record, (first line, None, None, 0, Built) for the others.  First lines are unique, so the tuples merge on them alone."""
     with open(path, "rb") as f:
         while True:
             try:
-                batch = pickle.load(f)
+                yield from pickle.load(f)
             except EOFError:
                 return
-            for first, rec, problems, rows, lines, cid in batch:
-                yield first, Built(Record(*rec) if rec else None, problems, rows, lines, cid)
-
-
-def _first(entry: tuple[int, Built]) -> int:
-    return entry[0]
 
 
 class _Boundary(Exception):
@@ -505,6 +498,14 @@ class _Writer:
         r.rows_skipped += out.rows_dup
         r.objects_valid += out.ok
         r.objects_rejected += out.bad
+
+    def write_lines(self, nd: list[bytes], ix: list[str], rows: int) -> None:
+        """Valid objects' NDJSON and index lines, already formatted."""
+        if nd:
+            self.nd.write(b"".join(nd))
+            self.ix.write("".join(ix))
+            self.report.objects_valid += len(nd)
+            self.report.rows_converted += rows
 
     def add_built(self, built: Built) -> None:
         out = Output()
@@ -903,13 +904,24 @@ class _Engine:
                 _bucket_task, zip(map(str, sources), map(str, results), strict=True)
             ):
                 pass
-            out = Output()
-            for _, built in heapq.merge(*map(_built_entries, results), key=_first):
-                out.add(built, writer.seen_products)
-                if out.ok + out.bad + out.rows_dup >= 1000:
-                    writer.write(out)
-                    out = Output()
-            writer.write(out)
+            nd: list[bytes] = []
+            ix: list[str] = []
+            rows = 0
+            for entry in heapq.merge(*map(_built_entries, results)):
+                if entry[1] is not None:
+                    nd.append(entry[1])
+                    ix.append(entry[2])
+                    rows += entry[3]
+                    if len(nd) >= 1000:
+                        writer.write_lines(nd, ix, rows)
+                        nd, ix, rows = [], [], 0
+                    continue
+                writer.write_lines(nd, ix, rows)  # keep the order of the files
+                nd, ix, rows = [], [], 0
+                out = Output()
+                out.add(entry[4], writer.seen_products)
+                writer.write(out)
+            writer.write_lines(nd, ix, rows)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
