@@ -295,7 +295,7 @@ class CsvFile:
     def _boundary(buf: bytes, quotes_odd: bool, end: int) -> int:
         """Index just after the last newline of ``buf[:end]`` outside quotes, or -1."""
         end = min(end, len(buf))
-        total_odd = quotes_odd ^ (buf.count(b'"', 0, end) % 2 == 1)
+        total_odd = quotes_odd ^ (_quotes(buf, 0, end) % 2 == 1)
         pos = end
         while True:
             nl = buf.rfind(b"\n", 0, pos)
@@ -306,6 +306,24 @@ class CsvFile:
             if not (total_odd ^ after_odd):
                 return nl + 1
             pos = nl
+
+
+def _quotes(buf: bytes, start: int, end: int) -> int:
+    """Quote characters in ``buf[start:end]``.
+
+    Most exports quote a few fields: jumping from quote to quote with find() (memchr)
+    beats bytes.count, which looks at every byte, several times over.  Past a few
+    hundred quotes, count() is the faster one.
+    """
+    n = 0
+    find = buf.find
+    i = find(b'"', start, end)
+    while i >= 0:
+        n += 1
+        if n == 256:
+            return n + buf.count(b'"', i + 1, end)
+        i = find(b'"', i + 1, end)
+    return n
 
 
 class _Joined(io.RawIOBase):
