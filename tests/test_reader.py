@@ -387,3 +387,13 @@ def test_bare_cr_line_ends_are_a_clear_input_error(tmp_path):
     src.write_bytes(b"id,a\r1,x\r2,y\r")
     with pytest.raises(InputError, match="bare CR"):
         CsvFile(src)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.5])
+def test_quote_counting_matches_bytes_count(density):
+    from csvbridge.reader import _quotes
+
+    rnd = random.Random(int(density * 100))
+    data = bytes(34 if rnd.random() < density else 97 for _ in range(5000))
+    for start, end in [(0, 5000), (17, 4000), (2500, 2501), (100, 50)]:
+        assert _quotes(data, start, end) == data.count(b'"', start, end)
