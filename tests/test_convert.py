@@ -151,8 +151,14 @@ def test_larger_ungrouped_file_with_small_chunks(tmp_path, workers):
     assert report.rows_read == len(rows) and report.accounted
 
 
-def rows_with_line_numbers(rows: list[list[str]], order: list[int]) -> list[list[str]]:
-    return [rows[i] for i in order]
+def grouped_like(rows: list[list[str]], shuffled: list[list[str]]) -> list[list[str]]:
+    """The grouped file with its conversions in the order `shuffled` first shows them:
+    what regrouping `shuffled` must give."""
+    order = list(dict.fromkeys(r[0] for r in shuffled))
+    by_id: dict[str, list[list[str]]] = {}
+    for r in rows:
+        by_id.setdefault(r[0], []).append(r)
+    return [r for cid in order for r in by_id[cid]]
 
 
 def files_of(done) -> tuple[bytes, bytes, bytes]:
@@ -170,13 +176,7 @@ def test_ungrouped_rejects_and_problems_come_out_in_the_grouped_order(
     monkeypatch.setattr(cv, "BUCKET_BYTES", 512)  # many small buckets
     rows = grouped_rows(300, seed=11)
     shuffled = ungroup(rows, seed=12)
-    # the grouped file with the conversions in the order the shuffled file first
-    # shows them: what the regrouped output must equal
-    order = list(dict.fromkeys(r[0] for r in shuffled))
-    by_id: dict[str, list[list[str]]] = {}
-    for r in rows:
-        by_id.setdefault(r[0], []).append(r)
-    regrouped = [r for cid in order for r in by_id[cid]]
+    regrouped = grouped_like(rows, shuffled)
     _, rep1, done1 = run(tmp_path, to_csv(regrouped))
     _, rep2, done2 = run(tmp_path, to_csv(shuffled), chunk_bytes=2048, workers=workers)
     nd1, ix1, rj1 = files_of(done1)
@@ -224,11 +224,7 @@ def test_ungrouped_file_whose_chunks_mix_both_lanes(tmp_path):
         if r[0] in marked:
             r[6] = "old,\rmac"  # quoted (for its comma); a bare CR inside
     shuffled = ungroup(rows, seed=14)
-    order = list(dict.fromkeys(r[0] for r in shuffled))
-    by_id: dict[str, list[list[str]]] = {}
-    for r in rows:
-        by_id.setdefault(r[0], []).append(r)
-    regrouped = [r for cid in order for r in by_id[cid]]
+    regrouped = grouped_like(rows, shuffled)
     nd1, rep1, _ = run(tmp_path, to_csv(regrouped))
     nd2, rep2, _ = run(tmp_path, to_csv(shuffled), chunk_bytes=700)
     assert nd2 == nd1 and b"old,\\rmac" in nd1
