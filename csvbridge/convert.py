@@ -720,14 +720,13 @@ class _Engine:
 
     # -------------------------------------------------------------- chunk streams
 
+    def _open(self) -> CsvFile:
+        """The source again, read with the dialect found when the conversion started."""
+        d = self.spec.dialect
+        return CsvFile(self.path, name=self.report.file, encoding=d.encoding, delimiter=d.delimiter)
+
     def _chunks(self, chunk_bytes: int) -> Iterator[tuple[bytes | Span, int]]:
-        spec = self.spec
-        with CsvFile(
-            self.path,
-            name=self.report.file,
-            encoding=spec.dialect.encoding,
-            delimiter=spec.dialect.delimiter,
-        ) as csvf:
+        with self._open() as csvf:
             by_place = self.pool is not None and csvf.path is not None
             for data, line in csvf.chunks(chunk_bytes):
                 if by_place:
@@ -810,12 +809,7 @@ class _Engine:
         """Rows read by one csv reader over the whole stream, cut into runs here."""
         assert _WORKER is not None
         plan, transform, spec, _ = _WORKER
-        with CsvFile(
-            self.path,
-            name=self.report.file,
-            encoding=spec.dialect.encoding,
-            delimiter=spec.dialect.delimiter,
-        ) as csvf:
+        with self._open() as csvf:
             rows: list[Row] = []
             blank = 0
             for row in csvf.rows():
