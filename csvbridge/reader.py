@@ -347,6 +347,34 @@ class _Joined(io.RawIOBase):
         return len(data)
 
 
+def parse_lines(
+    lines: list[str], first_line: int, delimiter: str, quotechar: str = '"'
+) -> tuple[list[Row], int, bool]:
+    """Rows of complete lines (line ends kept) that start on a record boundary:
+    (rows, blank lines skipped, whether they also end on one).
+
+    A sentinel record is parsed after the lines: if a quote is still open at their
+    end, the sentinel is swallowed into the last field and the answer is False.
+    """
+    reader = csv.reader([*lines, SENTINEL + "\n"], delimiter=delimiter, quotechar=quotechar)
+    base = first_line - 1
+    prev_end = 0
+    rows: list[Row] = []
+    append = rows.append
+    blank = 0
+    for cells in reader:
+        start = base + prev_end + 1
+        prev_end = reader.line_num
+        if not cells or (not cells[0] and not any(cells)):
+            blank += 1  # a blank line, or a spreadsheet's trailing ",,,," row
+            continue
+        append(Row(start, cells))
+    if rows and rows[-1].cells == [SENTINEL]:
+        rows.pop()
+        return rows, blank, True
+    return rows, blank, False
+
+
 def parse_chunk(data: bytes, first_line: int, dialect: Dialect) -> ParsedChunk:
     """Parse one record-aligned chunk into rows with their starting line numbers."""
     out = ParsedChunk()
@@ -363,19 +391,11 @@ def parse_chunk(data: bytes, first_line: int, dialect: Dialect) -> ParsedChunk:
         lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith(("\n", "\r")):
         lines[-1] += "\n"
-    lines.append(SENTINEL + "\n")
-    reader = csv.reader(lines, delimiter=dialect.delimiter, quotechar=dialect.quotechar)
+    rows, out.blank, out.boundary_ok = parse_lines(
+        lines, first_line, dialect.delimiter, dialect.quotechar
+    )
+    out.rows = rows
     base = first_line - 1
-    prev_end = 0
-    rows = out.rows
-    append = rows.append
-    for cells in reader:
-        start = base + prev_end + 1
-        prev_end = reader.line_num
-        if not cells or (not cells[0] and not any(cells)):
-            out.blank += 1  # a blank line, or a spreadsheet's trailing ",,,," row
-            continue
-        append(Row(start, cells))
     if "\r" in text and text.count("\r") != text.count("\r\n"):
         # a bare CR (old Mac line end, or inside a quoted field) ended a line for the
         # parser; line numbers count LF, as the chunker and editors do
@@ -384,11 +404,6 @@ def parse_chunk(data: bytes, first_line: int, dialect: Dialect) -> ParsedChunk:
             nl.append(nl[-1] + piece.endswith("\n"))
         for r in rows:
             r.line = base + nl[r.line - base - 1] + 1
-    last = rows.pop() if rows else None
-    if last is None or last.cells != [SENTINEL]:
-        out.boundary_ok = False
-        if last is not None:
-            rows.append(last)
     if bad:
         for r in rows:
             if any("\ufffd" in c for c in r.cells):

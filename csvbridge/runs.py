@@ -12,11 +12,10 @@ lanes give the same output.  Lines with a quote character go through the csv mod
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 
 from csvbridge.mapping import RowTransform
-from csvbridge.reader import SENTINEL, Row
+from csvbridge.reader import Row, parse_lines
 from csvbridge.report import Problem
 
 ITEMS_PREFIX = "conversion_items."
@@ -180,20 +179,10 @@ def records(text: str, first_line: int, layout: Layout) -> Records | None:
                 return None
             quotes += lines[j].count('"')
         segment = [s + "\n" for s in raw[i : j + 1]]
-        segment.append(SENTINEL + "\n")
-        reader = csv.reader(segment, delimiter=d, quotechar='"')
-        base = first_line + i - 1
-        prev_end = 0
-        parsed: list[Row] = []
-        for cells in reader:
-            start = base + prev_end + 1
-            prev_end = reader.line_num
-            if not cells or (not cells[0] and not any(cells)):
-                blank += 1
-                continue
-            parsed.append(Row(start, cells))
-        if not parsed or parsed.pop().cells != [SENTINEL]:
+        parsed, skipped, closed = parse_lines(segment, first_line + i, d)
+        if not closed:
             return None
+        blank += skipped
         out.extend(parsed)
         rows += len(parsed)
         i = j + 1
