@@ -439,9 +439,13 @@ def _bucket_task(source: str, dest: str) -> None:
             pickle.dump(entries, out, 5)
 
 
+def _first_of(entry: tuple[Any, ...]) -> int:
+    return entry[0]
+
+
 def _built_entries(path: Path) -> Iterator[tuple[Any, ...]]:
     """Read back what `_bucket_task` wrote, in order: (first line, NDJSON line, index
-    line, rows) for a clean record, (first line, None, None, 0, Built) for the others.  First lines are unique, so the tuples merge on them alone."""
+    line, rows) for a clean record, (first line, None, None, 0, Built) for the others."""
     with open(path, "rb") as f:
         while True:
             try:
@@ -901,7 +905,10 @@ class _Engine:
             nd: list[bytes] = []
             ix: list[str] = []
             rows = 0
-            for entry in heapq.merge(*map(_built_entries, results)):
+            # merged on the first line alone: records split by a bare CR share an LF line
+            # number, and their tuples must never be compared past it (ties keep bucket
+            # order, the same in every lane and chunk size)
+            for entry in heapq.merge(*map(_built_entries, results), key=_first_of):
                 if entry[1] is not None:
                     nd.append(entry[1])
                     ix.append(entry[2])

@@ -383,7 +383,6 @@ def both_lanes(data: bytes, chunk_bytes: int, **s: Any) -> dict[str, Any]:
 
 
 @settings(
-    max_examples=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -584,6 +583,27 @@ def test_bare_cr_line_end_and_bare_cr_inside_a_value():
     assert [i["id"] for i in objs[0]["conversion_items"]] == ["i1", "i2"]
     assert objs[1]["comment"] == "bare\rcr"
     assert res["report"]["rows"]["read"] == 6 and not res["rejected"]
+
+
+def test_ungrouped_rejects_that_share_a_line_number_through_bare_crs():
+    """Regression (issue 8, item 0): records split by bare CRs share an LF line number;
+    the regroup merge compared the rejected objects themselves and crashed."""
+    bad = [*cells("x", 1)]
+    bad[3] = "bogus"  # not a documented status: rejected
+    shared = "".join(line([f"r{k}", *bad[1:]], "\r") for k in range(12))
+    data = (
+        line(HEADER)
+        + line(cells("a", 1))  # 2
+        + line(cells("b", 1))  # 3
+        + line(cells("a", 2))  # 4: a again: the file is not grouped
+        + shared
+        + line(cells("c", 1))  # 5 (the bare CRs above do not count as lines)
+    ).encode()
+    res = agree(data)
+    assert res["report"]["conversions"]["rejected"] == 12
+    assert res["report"]["conversions"]["valid"] == 3
+    assert [cid for cid, _ in index_of(res)] == ["a", "b", "c"]
+    assert res["accounted"]
 
 
 def test_conflicts_blanks_ragged_rows_and_memo_hits():

@@ -389,7 +389,6 @@ def verdict(obj: dict[str, Any]) -> bool:
 
 
 @settings(
-    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
