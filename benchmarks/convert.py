@@ -26,7 +26,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from csvbridge.models import TEMPLATE_HEADER  # noqa: E402
+from csvbridge.schema.models import TEMPLATE_HEADER  # noqa: E402
 
 CITIES = [
     ("Paris", "75009", "Ile-de-France", "FR", "France", 48.857764, 2.33935),

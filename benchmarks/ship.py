@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
 
 from csvbridge.config import ApiSettings, RateLimits  # noqa: E402
-from csvbridge.emulator import Emulator, sample_records  # noqa: E402
-from csvbridge.sinks.api import plan, ship  # noqa: E402
+from csvbridge.ship.bulk import plan, ship  # noqa: E402
+from csvbridge.testing.emulator import Emulator, sample_records  # noqa: E402
 
 TARGET_SHARE = 0.95
 

@@ -48,7 +48,7 @@ def _exit_for(report: Report) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from csvbridge.convert import convert_file
+    from csvbridge.convert.engine import convert_file
 
     report = convert_file(
         args.input,
@@ -98,7 +98,7 @@ def _setup_logging(settings: object) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from csvbridge.runner import run_once
+    from csvbridge.drops.runner import run_once
 
     settings = load_settings(args.config)
     _setup_logging(settings)
@@ -110,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from csvbridge.runner import watch
+    from csvbridge.drops.runner import watch
 
     settings = load_settings(args.config)
     if args.metrics_port is not None:
@@ -126,7 +126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
-    from csvbridge.emulator import run_emulator
+    from csvbridge.testing.emulator import run_emulator
 
     run_emulator(
         host=args.host,

@@ -23,8 +23,8 @@ from csvbridge.config import (
     SourceSettings,
     StateSettings,
 )
-from csvbridge.emulator import Emulator
-from csvbridge.runner import run_once
+from csvbridge.drops.runner import run_once
+from csvbridge.testing.emulator import Emulator
 
 TOKEN = "demo-token"
 SITE = "1234"

@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from csvbridge.config import ConvertSettings, Settings
-from csvbridge.convert import Converted, convert, read_records, write_rejects
+from csvbridge.convert.engine import Converted, convert, read_records, write_rejects
+from csvbridge.convert.fold import Record
 from csvbridge.errors import ApiTerminalError, InputError
-from csvbridge.fold import Record
 from csvbridge.report import Problem, Report
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def process_file(
 
 
 def _plan(report: Report, settings: Settings, sinks: list[str]) -> None:
-    from csvbridge.sinks.api import plan
+    from csvbridge.ship.bulk import plan
 
     if "api" in sinks:
         p = plan(report.objects_valid, settings.api)
@@ -147,7 +147,7 @@ def _plan(report: Report, settings: Settings, sinks: list[str]) -> None:
 def _feed(done: Converted, settings: Settings, report: Report) -> None:
     import orjson
 
-    from csvbridge.sinks.feed import deliver_feed, feed_filename, write_feed
+    from csvbridge.ship.feed import deliver_feed, feed_filename, write_feed
 
     fs = settings.feed
     local = done.ndjson.parent / feed_filename(fs.filename_template, report.kind, gzip=fs.gzip)
@@ -175,7 +175,7 @@ def _ship(
     on_accepted: Callable[[int, list[str], list[str]], None] | None,
 ) -> bool:
     """Ship the valid objects; True when some were not shipped (retry later)."""
-    from csvbridge.sinks.api import BatchOutcome, ship
+    from csvbridge.ship.bulk import BatchOutcome, ship
 
     rejected_tsv = done.rejected
     tally = _Tally(report, rejected_tsv)

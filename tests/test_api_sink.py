@@ -20,10 +20,9 @@ import pytest
 import requests
 
 from csvbridge.config import ApiSettings, RateLimits
-from csvbridge.emulator import Emulator, sample_conversion, sample_records
+from csvbridge.convert.fold import Record
 from csvbridge.errors import AuthError
-from csvbridge.fold import Record
-from csvbridge.sinks.api import (
+from csvbridge.ship.bulk import (
     ApiClient,
     BatchOutcome,
     Progress,
@@ -33,6 +32,7 @@ from csvbridge.sinks.api import (
     plan,
     ship,
 )
+from csvbridge.testing.emulator import Emulator, sample_conversion, sample_records
 from tests.plugins.api import settings_for
 
 

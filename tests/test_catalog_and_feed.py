@@ -10,9 +10,9 @@ import pytest
 
 from csvbridge.cli import main
 from csvbridge.config import FeedSettings, Settings
-from csvbridge.convert import convert_file
-from csvbridge.models import PRODUCT_HEADER, TEMPLATE_HEADER, Conversion, Product
+from csvbridge.convert.engine import convert_file
 from csvbridge.pipeline import send_file
+from csvbridge.schema.models import PRODUCT_HEADER, TEMPLATE_HEADER, Conversion, Product
 from tests.plugins.api import settings_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from csvbridge.cells import (
+from csvbridge.errors import ConfigError
+from csvbridge.schema.codecs import (
     CachedCodec,
     CellError,
     CodecOptions,
@@ -14,8 +15,7 @@ from csvbridge.cells import (
     number_json,
     parse_date,
 )
-from csvbridge.errors import ConfigError
-from csvbridge.models import Conversion, Product, field_rules
+from csvbridge.schema.models import Conversion, Product, field_rules
 
 RULES = {**field_rules(Conversion), **{f"product.{k}": v for k, v in field_rules(Product).items()}}
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from csvbridge.cli import main
-from csvbridge.models import Conversion
+from csvbridge.schema.models import Conversion
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

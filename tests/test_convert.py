@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-import csvbridge.reader
+import csvbridge.read.csvfile
 from csvbridge.config import ConvertSettings
-from csvbridge.convert import convert, read_records
+from csvbridge.convert.engine import convert, read_records
 from csvbridge.errors import InputError
-from csvbridge.models import Conversion
+from csvbridge.schema.models import Conversion
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TEMPLATE = Path("/work/shared/reference/commandersact-conversions-csv-template.csv")
@@ -171,7 +171,7 @@ def test_ungrouped_rejects_and_problems_come_out_in_the_grouped_order(
 ):
     """The bucket sort builds conversions bucket by bucket, but the merge puts every
     valid line, every reject and every problem back in order of first appearance."""
-    import csvbridge.convert as cv
+    import csvbridge.convert.engine as cv
 
     monkeypatch.setattr(cv, "BUCKET_BYTES", 512)  # many small buckets
     rows = grouped_rows(300, seed=11)
@@ -360,7 +360,7 @@ def test_decimal_comma_is_only_assumed_for_semicolon_files(tmp_path):
 
 
 def test_bad_bytes_after_the_detection_sample_reject_their_row(tmp_path, monkeypatch):
-    monkeypatch.setattr(csvbridge.reader, "SAMPLE_BYTES", 512)
+    monkeypatch.setattr(csvbridge.read.csvfile, "SAMPLE_BYTES", 512)
     rows = [row(f"c{n:02d}", 1) for n in range(20)]
     rows[15][11] = "CAFE"
     data = to_csv(rows).replace(b"CAFE", b"Caf\xe9")

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from csvbridge.config import Settings
-from csvbridge.emulator import Emulator
-from csvbridge.runner import watch
+from csvbridge.drops.runner import watch
+from csvbridge.testing.emulator import Emulator
 from tests.plugins.servers import FTPTestServer
 from tests.test_runner import (
     TOKEN,

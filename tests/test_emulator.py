@@ -15,14 +15,14 @@ import pytest
 import requests
 
 from csvbridge.config import RateLimits
-from csvbridge.emulator import (
+from csvbridge.schema.models import Conversion
+from csvbridge.testing.emulator import (
     SERVER_ERROR_DETAIL,
     UNKNOWN_TOKEN_DETAIL,
     Emulator,
     sample_conversion,
     sample_records,
 )
-from csvbridge.models import Conversion
 
 AUTH = {"Authorization": "Bearer emulator-token", "Content-Type": "application/x-ndjson"}
 
@@ -271,7 +271,7 @@ def test_context_manager_releases_the_port() -> None:
 
 
 def test_run_emulator_serves_until_sigterm() -> None:
-    code = "from csvbridge.emulator import run_emulator; run_emulator(speed=10)"
+    code = "from csvbridge.testing.emulator import run_emulator; run_emulator(speed=10)"
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env

@@ -18,7 +18,7 @@ import pytest
 
 from csvbridge.config import FeedSettings
 from csvbridge.errors import ConfigError
-from csvbridge.models import (
+from csvbridge.schema.models import (
     HEADER_ALIASES,
     PRODUCT_HEADER,
     TEMPLATE_HEADER,
@@ -26,7 +26,7 @@ from csvbridge.models import (
     Product,
     field_rules,
 )
-from csvbridge.sinks.feed import (
+from csvbridge.ship.feed import (
     FeedError,
     deliver_feed,
     feed_filename,

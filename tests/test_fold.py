@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from csvbridge.cells import CodecOptions
+from csvbridge.convert.fold import Built, Plan, normalize_header
 from csvbridge.errors import InputError
-from csvbridge.fold import Built, Plan, normalize_header
-from csvbridge.models import TEMPLATE_HEADER, Conversion
-from csvbridge.reader import Row
+from csvbridge.read.csvfile import Row
+from csvbridge.schema.codecs import CodecOptions
+from csvbridge.schema.models import TEMPLATE_HEADER, Conversion
 
 BASE = {
     "id": "c1",

@@ -26,17 +26,17 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import csvbridge.convert as cv
-import csvbridge.reader
-from csvbridge import runs
+import csvbridge.convert.engine as cv
+import csvbridge.read.csvfile
 from csvbridge.config import ConvertSettings
-from csvbridge.convert import Spec, convert, read_records
+from csvbridge.convert import lane as runs
+from csvbridge.convert.engine import Spec, convert, read_records
+from csvbridge.convert.fold import Plan
+from csvbridge.convert.lane import Layout, Run, Shared, scan_chunk
 from csvbridge.errors import InputError
-from csvbridge.fold import Plan
-from csvbridge.mapping import Mapping
-from csvbridge.models import TEMPLATE_HEADER
-from csvbridge.reader import Dialect
-from csvbridge.runs import Layout, Run, Shared, scan_chunk
+from csvbridge.read.csvfile import Dialect
+from csvbridge.read.mapping import Mapping
+from csvbridge.schema.models import TEMPLATE_HEADER
 
 ITEM = "conversion_items."
 FULL = list(TEMPLATE_HEADER)
@@ -688,7 +688,7 @@ def test_id_less_row_at_a_chunk_boundary_hides_an_ungrouped_id():
 
 
 def test_too_many_items_and_bytes_that_are_not_utf8(monkeypatch):
-    monkeypatch.setattr(csvbridge.reader, "SAMPLE_BYTES", 512)  # detection sees UTF-8 only
+    monkeypatch.setattr(csvbridge.read.csvfile, "SAMPLE_BYTES", 512)  # detection sees UTF-8 only
     data = (
         line(HEADER)
         + "".join(line(cells("a", k)) for k in range(151))  # 2-152: one item too many

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from csvbridge.cells import CellError, CodecOptions
 from csvbridge.config import ConvertSettings
-from csvbridge.convert import convert
+from csvbridge.convert.engine import convert
 from csvbridge.errors import ConfigError, InputError
-from csvbridge.mapping import Mapping, compile_mapping, convert_date, load_mapping
+from csvbridge.read.mapping import Mapping, compile_mapping, convert_date, load_mapping
+from csvbridge.schema.codecs import CellError, CodecOptions
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from csvbridge.config import ConvertSettings
-from csvbridge.convert import convert, read_records
-from csvbridge.fold import classify, normalize_header
-from csvbridge.models import (
+from csvbridge.convert.engine import convert, read_records
+from csvbridge.convert.fold import classify, normalize_header
+from csvbridge.schema.models import (
     MAX_ITEMS,
     TEMPLATE_HEADER,
     Conversion,

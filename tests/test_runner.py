@@ -30,11 +30,11 @@ import yaml
 
 from benchmarks.convert import conversion_rows
 from csvbridge.config import Settings, SourceSettings, StateSettings
-from csvbridge.emulator import Emulator
+from csvbridge.drops.ledger import Ledger, PassLock
+from csvbridge.drops.runner import PassSummary, run_once
 from csvbridge.errors import LockedError
-from csvbridge.models import TEMPLATE_HEADER
-from csvbridge.runner import PassSummary, run_once
-from csvbridge.state import Ledger, PassLock
+from csvbridge.schema.models import TEMPLATE_HEADER
+from csvbridge.testing.emulator import Emulator
 from tests.plugins.api import settings_for
 from tests.plugins.servers import PASSWORD, FTPTestServer, SFTPTestServer
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from csvbridge.errors import LockedError, TerminalError
-from csvbridge.state import (
+from csvbridge.drops.ledger import (
     AlreadyProcessed,
     Ledger,
     PassLock,
@@ -26,6 +25,7 @@ from csvbridge.state import (
     report_name,
     sha256_file,
 )
+from csvbridge.errors import LockedError, TerminalError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "c" * 64
@@ -228,7 +228,7 @@ def test_files_newest_first_and_stats(tmp_path: Path) -> None:
 
 WRITER = r"""
 import sys
-from csvbridge.state import Ledger
+from csvbridge.drops.ledger import Ledger
 ledger = Ledger(sys.argv[1])
 entry = ledger.begin("drop", "orders.csv", 123, 0.0, "c" * 64)
 n = 0
@@ -283,7 +283,7 @@ def test_kill9_while_writing_batches_loses_no_committed_batch(tmp_path: Path) ->
 
 DIES_INSIDE_TRANSACTION = r"""
 import os, signal, sys
-from csvbridge.state import Ledger
+from csvbridge.drops.ledger import Ledger
 ledger = Ledger(sys.argv[1])
 entry = ledger.begin("drop", "orders.csv", 123, 0.0, "c" * 64)
 ledger.record_batch(entry.id, 0, ["a0", "a1"], ["r0"])
@@ -320,7 +320,7 @@ def test_kill9_inside_record_batch_leaves_no_partial_batch(tmp_path: Path) -> No
 
 PARALLEL_WRITER = r"""
 import sys
-from csvbridge.state import Ledger
+from csvbridge.drops.ledger import Ledger
 with Ledger(sys.argv[1]) as ledger:
     me = int(sys.argv[2])
     entry = ledger.begin(f"src{me}", "orders.csv", 10, 0.0, f"{me:064x}")
@@ -414,7 +414,7 @@ def test_stage_names_and_validation() -> None:
 TRY_LOCK = r"""
 import sys
 from csvbridge.errors import LockedError
-from csvbridge.state import PassLock
+from csvbridge.drops.ledger import PassLock
 try:
     PassLock(sys.argv[1]).acquire()
 except LockedError as exc:
@@ -426,7 +426,7 @@ print("acquired")
 
 HOLD_LOCK = r"""
 import sys, time
-from csvbridge.state import PassLock
+from csvbridge.drops.ledger import PassLock
 lock = PassLock(sys.argv[1]).acquire()
 while True:
     time.sleep(60)

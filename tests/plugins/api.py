@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from csvbridge.config import ApiSettings, RateLimits
-from csvbridge.emulator import Emulator
+from csvbridge.testing.emulator import Emulator
 
 DEFAULT_SPEED = 10.0  # 300 requests/s, 300 connections, 300 objects/s: tests take seconds
 

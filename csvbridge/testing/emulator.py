@@ -38,10 +38,10 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from csvbridge.config import RateLimits
-from csvbridge.fold import Record
-from csvbridge.models import Conversion, Product, api_error_code, error_property, format_date
+from csvbridge.convert.fold import Record
+from csvbridge.schema.models import Conversion, Product, api_error_code, error_property, format_date
 
-log = logging.getLogger("csvbridge.emulator")
+log = logging.getLogger("csvbridge.testing.emulator")
 
 MODELS: dict[str, type[BaseModel]] = {"conversions": Conversion, "products": Product}
 _BULK_PATH = re.compile(r"/v2/([^/]+)/(conversions|products)/bulk/?")

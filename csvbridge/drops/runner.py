@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from csvbridge.config import Settings, SourceSettings
+from csvbridge.drops.ledger import Ledger, PassLock, Stages, make_fingerprint, sha256_file
 from csvbridge.errors import (
     ApiTerminalError,
     ConfigError,
@@ -46,7 +47,6 @@ from csvbridge.filesystems import FileInfo, FileSystem, filesystem_for
 from csvbridge.observe import Metrics, MetricsServer
 from csvbridge.pipeline import Outcome, process_file
 from csvbridge.report import Report
-from csvbridge.state import Ledger, PassLock, Stages, make_fingerprint, sha256_file
 
 log = logging.getLogger(__name__)
 

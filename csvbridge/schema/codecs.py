@@ -1,7 +1,7 @@
 """Per-column codecs: one raw CSV cell -> its JSON text, or the reason it is invalid.
 
 Each documented field's `Rule` (declared once, on the pydantic models in
-`csvbridge.models`) is compiled here into a plain function ``codec(raw) -> bytes``.  A
+`csvbridge.schema.models`) is compiled here into a plain function ``codec(raw) -> bytes``.  A
 cell's verdict depends only on its column and its text, so results are memoised per
 column: exports repeat the same statuses, currencies, product names and dates on
 thousands of rows, and a repeated value then costs one dict lookup.  This is what makes
@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from csvbridge.errors import ConfigError
-from csvbridge.models import DATE_RE, DateProblem, Rule, format_date, normalize_date
+from csvbridge.schema.models import DATE_RE, DateProblem, Rule, format_date, normalize_date
 
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 SCIENTIFIC = re.compile(r"[+-]?\d+(?:[.,]\d+)?[eE][+-]?\d+\Z")

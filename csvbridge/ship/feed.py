@@ -33,7 +33,7 @@ import orjson
 
 from csvbridge.config import FeedSettings
 from csvbridge.errors import ConfigError, TerminalError
-from csvbridge.models import (
+from csvbridge.schema.models import (
     HEADER_ALIASES,
     PRODUCT_HEADER,
     TEMPLATE_HEADER,

@@ -38,9 +38,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from csvbridge.cells import CellError, CodecOptions
 from csvbridge.errors import ConfigError, InputError
-from csvbridge.models import format_date
+from csvbridge.schema.codecs import CellError, CodecOptions
+from csvbridge.schema.models import format_date
 
 
 class Rule(BaseModel):

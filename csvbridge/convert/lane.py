@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from csvbridge.mapping import RowTransform
-from csvbridge.reader import Row, parse_lines
+from csvbridge.read.csvfile import Row, parse_lines
+from csvbridge.read.mapping import RowTransform
 from csvbridge.report import Problem
 
 ITEMS_PREFIX = "conversion_items."

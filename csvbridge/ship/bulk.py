@@ -43,6 +43,7 @@ from requests.adapters import HTTPAdapter
 
 from csvbridge import __version__
 from csvbridge.config import ApiSettings, Kind, RateLimits
+from csvbridge.convert.fold import Record
 from csvbridge.errors import (
     ApiTerminalError,
     ApiTransientError,
@@ -50,7 +51,6 @@ from csvbridge.errors import (
     ConfigError,
     CsvBridgeError,
 )
-from csvbridge.fold import Record
 from csvbridge.observe import redact, register_secret
 from csvbridge.report import Problem
 

@@ -2,7 +2,7 @@
 
 A `Plan` is compiled once per file from its header (documented dot paths, or a mapping's
 targets): which column fills which field, at which level (``conversion_items.*`` is
-item-level, the rest conversion-level), with which codec (`csvbridge.cells`).  From it
+item-level, the rest conversion-level), with which codec (`csvbridge.schema.codecs`).  From it
 the plan generates two straight-line Python functions — one that writes the conversion
 level of a row, one that writes an item — so the per-row work is a handful of list
 appends and memoised codec lookups, not a walk over a path tree.  (namedtuple and
@@ -23,7 +23,10 @@ from typing import Any
 
 import orjson
 
-from csvbridge.cells import (
+from csvbridge.errors import InputError
+from csvbridge.read.csvfile import Row
+from csvbridge.report import Problem
+from csvbridge.schema.codecs import (
     PLAIN_NUMBER,
     CachedCodec,
     CellError,
@@ -32,8 +35,7 @@ from csvbridge.cells import (
     inline_test,
     make_codec,
 )
-from csvbridge.errors import InputError
-from csvbridge.models import (
+from csvbridge.schema.models import (
     HEADER_ALIASES,
     MAX_ITEMS,
     READ_ONLY_CONVERSION_FIELDS,
@@ -42,8 +44,6 @@ from csvbridge.models import (
     Rule,
     field_rules,
 )
-from csvbridge.reader import Row
-from csvbridge.report import Problem
 
 ITEMS = "conversion_items"
 ITEM_PREFIX = ITEMS + "."

@@ -13,7 +13,7 @@ gives the same output as the grouped file would: conversions in order of their f
 row, items in file order.  The output is only moved into place once the file is done,
 so a fallback never leaves half an answer behind.
 
-Files in the documented layout take the fast lane of `csvbridge.runs` (rows that repeat
+Files in the documented layout take the fast lane of `csvbridge.convert.lane` (rows that repeat
 their conversion-level text are not split again); others, and any chunk the fast lane
 hands back, are parsed by the csv module.  Both give the same bytes.
 """
@@ -40,14 +40,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from csvbridge.cells import CodecOptions
 from csvbridge.config import ConvertSettings
-from csvbridge.errors import ConfigError, InputError
-from csvbridge.fold import Built, Plan, Record, normalize_header
-from csvbridge.mapping import Mapping, RowTransform, compile_mapping, load_mapping
-from csvbridge.reader import CHUNK_BYTES, CsvFile, Dialect, Row, parse_chunk
-from csvbridge.report import Problem, ProblemLog, Report
-from csvbridge.runs import (
+from csvbridge.convert.fold import Built, Plan, Record, normalize_header
+from csvbridge.convert.lane import (
     Layout,
     Line,
     Records,
@@ -58,6 +53,11 @@ from csvbridge.runs import (
     record_id,
     records,
 )
+from csvbridge.errors import ConfigError, InputError
+from csvbridge.read.csvfile import CHUNK_BYTES, CsvFile, Dialect, Row, parse_chunk
+from csvbridge.read.mapping import Mapping, RowTransform, compile_mapping, load_mapping
+from csvbridge.report import Problem, ProblemLog, Report
+from csvbridge.schema.codecs import CodecOptions
 
 log = logging.getLogger(__name__)
 BUCKET_BYTES = 8 << 20  # source bytes per bucket of an ungrouped file: memory per worker
@@ -627,7 +627,7 @@ def _context() -> Any:
     if threading.active_count() == 1:
         return get_context("fork")
     ctx = get_context("forkserver")
-    ctx.set_forkserver_preload(["csvbridge.convert"])
+    ctx.set_forkserver_preload(["csvbridge.convert.engine"])
     return ctx
 
 
@@ -1041,7 +1041,7 @@ def convert_file(
         )
         report = done.report
         if to == "feed":
-            from csvbridge.sinks.feed import write_feed
+            from csvbridge.ship.feed import write_feed
 
             feed = work / ("feed.csv")
             import orjson

@@ -3,7 +3,7 @@
 These models are the contract (see ``shared/reference/commandersact-conversions-products-
 bulk-api-v2.md``): every length, enumeration, format and requirement lives here once.
 Each constrained type also carries a small `Rule` in its ``Annotated`` metadata; pydantic
-ignores it, and `csvbridge.cells` compiles it into the per-column validators of the fast
+ignores it, and `csvbridge.schema.codecs` compiles it into the per-column validators of the fast
 CSV path.  A differential test keeps the two in agreement, so a rule changed here changes
 both paths.
 """
@@ -74,7 +74,7 @@ def normalize_date(value: str) -> str:
     Other ISO-8601 spellings that carry an offset (a space instead of ``T``, micro-
     seconds, ``+0200``) are rewritten to ``YYYY-MM-DDTHH:MM:SS.mmm±HH:MM``.  A date
     without an offset is refused: guessing a time zone would silently shift revenue
-    between days.  (A mapping may set a default time zone; see `csvbridge.mapping`.)
+    between days.  (A mapping may set a default time zone; see `csvbridge.read.mapping`.)
     """
     try:
         parsed = datetime.fromisoformat(value)

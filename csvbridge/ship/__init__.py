@@ -1,0 +1,1 @@
+"""Stage 3, ship: the bulk API client (pacer, retries, progress) and the CSV feed."""
