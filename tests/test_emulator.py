@@ -23,6 +23,7 @@ from csvbridge.testing.emulator import (
     sample_conversion,
     sample_records,
 )
+from tests.helpers import wait_until
 
 AUTH = {"Authorization": "Bearer emulator-token", "Content-Type": "application/x-ndjson"}
 
@@ -43,11 +44,6 @@ def ndjson(*objects: Any) -> bytes:
     return b"\n".join(orjson.dumps(o) for o in objects)
 
 
-def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 def test_sample_conversions_are_valid() -> None:

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -28,13 +27,14 @@ from typing import Any
 import pytest
 import yaml
 
-from benchmarks.convert import conversion_rows
 from csvbridge.config import Settings, SourceSettings, StateSettings
 from csvbridge.drops.ledger import Ledger, PassLock
 from csvbridge.drops.runner import PassSummary, run_once
 from csvbridge.errors import LockedError
 from csvbridge.schema.models import TEMPLATE_HEADER
 from csvbridge.testing.emulator import Emulator
+from csvbridge.testing.samples import conversion_rows
+from tests.helpers import kill9, wait_until
 from tests.plugins.api import settings_for
 from tests.plugins.servers import PASSWORD, FTPTestServer, SFTPTestServer
 
@@ -47,16 +47,6 @@ STAGES = ("processing", "done", "failed")
 # --------------------------------------------------------------------------- helpers
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    """Poll `predicate` until truthy: readiness by condition and deadline, never a sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.02)
 
 
 def write_export(
@@ -875,10 +865,6 @@ def test_two_cron_passes_at_once(tmp_path: Path, emulator: Callable[..., Emulato
     assert all(e.attempts == 1 for e in ledger_files(settings).values())
 
 
-def kill9(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
 
 
 def finish_after_kill(

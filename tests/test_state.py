@@ -8,8 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from csvbridge.drops.ledger import (
     sha256_file,
 )
 from csvbridge.errors import LockedError, TerminalError
+from tests.helpers import kill9, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "c" * 64
@@ -38,21 +37,8 @@ def run_child(code: str, *args: str, stdout: object = subprocess.PIPE) -> subpro
     )
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
-    """Poll until `predicate` is truthy: no fixed sleeps, a deadline instead."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
-def kill9(proc: subprocess.Popen) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
 
 
 # -- hashing and fingerprint -------------------------------------------------------
