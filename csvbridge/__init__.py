@@ -1,3 +1,117 @@
-"""csvbridge: e-commerce order exports (CSV) into the Commanders Act conversions API."""
+"""csvbridge: e-commerce order exports (CSV) into the Commanders Act conversions API.
+
+The library face.  Everything the command line does is one call here::
+
+    import csvbridge
+
+    report = csvbridge.convert_file("orders.csv", "conversions.ndjson")
+    settings = csvbridge.load_settings("csvbridge.yaml")
+    outcome = csvbridge.send_file("orders.csv", settings)       # convert + ship
+    summary = csvbridge.run_once(settings)                       # one pass (cron)
+
+Names are imported on first use, so ``import csvbridge`` stays cheap for the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_FACE = {
+    # convert: one export -> NDJSON (+ report, rejects)
+    "convert": "csvbridge.convert.engine",
+    "convert_file": "csvbridge.convert.engine",
+    "Converted": "csvbridge.convert.engine",
+    "read_records": "csvbridge.convert.engine",
+    # ship: convert + deliver one file; the bulk API client alone
+    "send_file": "csvbridge.pipeline",
+    "process_file": "csvbridge.pipeline",
+    "Outcome": "csvbridge.pipeline",
+    "ship": "csvbridge.ship.bulk",
+    "ShipResult": "csvbridge.ship.bulk",
+    # drops: one pass (cron), the daemon
+    "run_once": "csvbridge.drops.runner",
+    "watch": "csvbridge.drops.runner",
+    "PassSummary": "csvbridge.drops.runner",
+    # settings, reports, errors
+    "load_settings": "csvbridge.config",
+    "Settings": "csvbridge.config",
+    "ConvertSettings": "csvbridge.config",
+    "Report": "csvbridge.report",
+    "Problem": "csvbridge.report",
+    "CsvBridgeError": "csvbridge.errors",
+    "TransientError": "csvbridge.errors",
+    "TerminalError": "csvbridge.errors",
+    "ConfigError": "csvbridge.errors",
+    "InputError": "csvbridge.errors",
+    "ApiError": "csvbridge.errors",
+    "AuthError": "csvbridge.errors",
+    "SourceUnavailable": "csvbridge.errors",
+    "LockedError": "csvbridge.errors",
+}
+
+__all__ = [
+    "__version__",
+    "convert",
+    "convert_file",
+    "Converted",
+    "read_records",
+    "send_file",
+    "process_file",
+    "Outcome",
+    "ship",
+    "ShipResult",
+    "run_once",
+    "watch",
+    "PassSummary",
+    "load_settings",
+    "Settings",
+    "ConvertSettings",
+    "Report",
+    "Problem",
+    "CsvBridgeError",
+    "TransientError",
+    "TerminalError",
+    "ConfigError",
+    "InputError",
+    "ApiError",
+    "AuthError",
+    "SourceUnavailable",
+    "LockedError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _FACE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'csvbridge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # next time, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from csvbridge.config import ConvertSettings, Settings, load_settings
+    from csvbridge.convert.engine import Converted, convert, convert_file, read_records
+    from csvbridge.drops.runner import PassSummary, run_once, watch
+    from csvbridge.errors import (
+        ApiError,
+        AuthError,
+        ConfigError,
+        CsvBridgeError,
+        InputError,
+        LockedError,
+        SourceUnavailable,
+        TerminalError,
+        TransientError,
+    )
+    from csvbridge.pipeline import Outcome, process_file, send_file
+    from csvbridge.report import Problem, Report
+    from csvbridge.ship.bulk import ShipResult, ship

@@ -1,13 +1,13 @@
 """The command line: parse arguments, make one library call, map errors to exit codes.
 
-Exit codes: 0 everything valid/shipped; 1 some objects rejected; 2 usage, configuration
-or unusable input; 3 a source or the API unreachable (or another pass holds the lock).
+This is the only module that reads stdin, writes stdout or decides an exit status.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from enum import IntEnum
 from pathlib import Path
 
 from csvbridge import __version__
@@ -15,7 +15,51 @@ from csvbridge.config import ConvertSettings, load_settings
 from csvbridge.errors import CsvBridgeError
 from csvbridge.report import Report
 
-EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+class ExitCode(IntEnum):
+    """The one table of exit statuses (cron and systemd act on these)."""
+
+    OK = 0  # everything valid and shipped
+    REJECTED = 1  # some rows/objects rejected; the valid ones were written/shipped
+    USAGE = 2  # usage, configuration, an unusable file, a refused API token
+    UNREACHABLE = 3  # a source or the API unreachable, or another pass holds the lock
+    INTERRUPTED = 130  # Ctrl-C / SIGTERM before the work was finished
+
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = (
+    ExitCode.OK,
+    ExitCode.REJECTED,
+    ExitCode.USAGE,
+    ExitCode.UNREACHABLE,
+)
+EXIT_HELP = """exit status:
+  0    everything valid and shipped
+  1    some rows rejected (the valid ones were still written or shipped)
+  2    usage, configuration or an unusable file (also a refused API token)
+  3    a source or the API unreachable, or another pass holds the lock
+  130  interrupted (Ctrl-C, SIGTERM)
+"""
+
+
+def _port(text: str) -> int:
+    """A TCP port number, refused by argparse (exit 2) when out of range."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range (1-65535): {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
 
 
 def _convert_settings(
@@ -159,7 +203,9 @@ def _add_convert_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="extract the distinct products of a conversions export",
     )
-    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU)")
+    p.add_argument(
+        "--workers", type=_positive_int, help="worker processes (default: one per CPU)"
+    )
     p.add_argument("--config", type=Path, help="csvbridge config file (YAML)")
 
 
@@ -167,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="csvbridge",
         description="Move e-commerce order exports (CSV) into Commanders Act conversions.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"csvbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -195,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("watch", help="the daemon: watch the configured drops until stopped")
     p.add_argument("--config", type=Path, required=True, help="csvbridge config file (YAML)")
-    p.add_argument("--metrics-port", type=int, help="serve /healthz and /metrics here")
+    p.add_argument("--metrics-port", type=_port, help="serve /healthz and /metrics here")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser(
@@ -206,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("emulator", help="run the built-in bulk API emulator")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=_port, default=8080)
     p.add_argument("--token", default="emulator-token")
     p.add_argument("--site", default="1234")
     p.add_argument("--speed", type=float, default=1.0, help="multiply the rate limits")
@@ -227,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("csvbridge: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
 

@@ -53,6 +53,12 @@ class ApiSettings(_Section):
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
 
+    @field_validator("site_id", mode="before")
+    @classmethod
+    def _site_id_as_text(cls, v: object) -> object:
+        """`site_id: 1234` unquoted in YAML is a number: it is still the site's id."""
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
 
 class ConvertSettings(_Section):
     """How CSV rows become conversions."""
