@@ -160,7 +160,9 @@ class Cursor:
                 pass_started=None if d["pass_started"] is None else int(d["pass_started"]),
                 stream="updated" if d["stream"] == "updated" else "created",
                 page=int(d["page"]),
-                last_key=None if d["last_key"] is None else (int(d["last_key"][0]), int(d["last_key"][1])),
+                last_key=None
+                if d["last_key"] is None
+                else (int(d["last_key"][0]), int(d["last_key"][1])),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise TerminalError(f"the stored Commerce HQ cursor is unreadable: {exc}") from None
@@ -287,14 +289,18 @@ class CommerceHQClient:
                 )
             self.retries += 1
             delay = retry_after if retry_after is not None else self._backoff(attempt)
-            log.warning("commercehq: %s on page %s, retry in %.2f s", reason, params.get("page"), delay)
+            log.warning(
+                "commercehq: %s on page %s, retry in %.2f s", reason, params.get("page"), delay
+            )
             self.stop.wait(delay)
         raise AssertionError("unreachable")
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter."""
         s = self.settings
-        return random.uniform(0, min(s.backoff_max_seconds, s.backoff_base_seconds * 2 ** (attempt - 1)))
+        return random.uniform(
+            0, min(s.backoff_max_seconds, s.backoff_base_seconds * 2 ** (attempt - 1))
+        )
 
     # -- a pass -----------------------------------------------------------------------
 
@@ -442,7 +448,9 @@ def _line_items(items: Any) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     as the attribute table reads."""
     if isinstance(items, dict):
         data, status = items.get("data") or [], items.get("status") or []
-        items = [{"data": d, "status": status[k] if k < len(status) else {}} for k, d in enumerate(data)]
+        items = [
+            {"data": d, "status": status[k] if k < len(status) else {}} for k, d in enumerate(data)
+        ]
     for item in items or []:
         yield (item.get("data") or {}), (item.get("status") or {})
 

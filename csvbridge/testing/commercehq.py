@@ -189,7 +189,8 @@ class CommerceHQStandIn:
                 {
                     "data": {
                         "id": oid * 10 + len(items),
-                        "product_id": 40 + _CATALOG.index((sku, title, kind, vendor, price, variants)),
+                        "product_id": 40
+                        + _CATALOG.index((sku, title, kind, vendor, price, variants)),
                         "title": title,
                         "is_multi": bool(variants),
                         "type": kind,
@@ -199,7 +200,9 @@ class CommerceHQStandIn:
                         "price": price,
                         "compare_price": round(price * 1.5, 2),
                         "image": None,
-                        "variant": {"id": 30 + len(items), "variant": [variant]} if variant else None,
+                        "variant": {"id": 30 + len(items), "variant": [variant]}
+                        if variant
+                        else None,
                     },
                     "status": {
                         "quantity": qty,
@@ -241,19 +244,34 @@ class CommerceHQStandIn:
             "fulfilments": [],
             "shipments": [],
             "restocks": [],
-            "customer": {"id": 2000 + oid % 97, "email": f"{first.lower()}.{oid}@example.com",
-                         "first_name": first, "last_name": last},
+            "customer": {
+                "id": 2000 + oid % 97,
+                "email": f"{first.lower()}.{oid}@example.com",
+                "first_name": first,
+                "last_name": last,
+            },
             "address": {"shipping": dict(address), "billing": dict(address), "phone": None},
             "payment": {"type": payment, "last4": None if payment == "PayPal" else "4242"},
             "conversion": {"landing_page": "https://shop.example.com/", "referrer": None},
-            "risk_level": {"ip_fail": False, "address_fail": False, "zip_fail": False,
-                           "cvc_fail": False},
+            "risk_level": {
+                "ip_fail": False,
+                "address_fail": False,
+                "zip_fail": False,
+                "cvc_fail": False,
+            },
             "refunded": 0,
             "refund_possible": True,
             "order_date": created,
             "updated_at": None,
-            "notes": rng.choice((None, None, None, "Gift wrap, please",
-                                 "Please call before delivery,\nthe buzzer is broken")),
+            "notes": rng.choice(
+                (
+                    None,
+                    None,
+                    None,
+                    "Gift wrap, please",
+                    "Please call before delivery,\nthe buzzer is broken",
+                )
+            ),
         }
 
     # -- faults ---------------------------------------------------------------------
@@ -383,7 +401,9 @@ class CommerceHQStandIn:
         if scheme.lower() != "basic":
             return False
         try:
-            key, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+            key, sep, password = (
+                base64.b64decode(value.strip(), validate=True).decode().partition(":")
+            )
         except (ValueError, UnicodeDecodeError):
             return False
         return bool(sep) and hmac.compare_digest(
@@ -494,8 +514,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         """The ``Date`` header on the stand-in's clock (clients take it as server time)."""
-        return formatdate(self.server.standin.now() if timestamp is None else timestamp,
-                          usegmt=True)
+        return formatdate(
+            self.server.standin.now() if timestamp is None else timestamp, usegmt=True
+        )
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
         answer = self.server.standin.answer_get(self.path, self.headers.get("Authorization"))
