@@ -139,6 +139,7 @@ class CommerceHQStandIn:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.orders: dict[int, dict[str, Any]] = {}
+        self.versions: Counter[int] = Counter()  # states each order has had (1 + updates)
         self._next_id = first_id
         now = int(self.now())
         span = int(days * 86400)
@@ -148,6 +149,7 @@ class CommerceHQStandIn:
             if self._rng.random() < updated_share:
                 order["updated_at"] = self._rng.randint(created, max(created, now - 1))
             self.orders[order["id"]] = order
+            self.versions[order["id"]] = 1
 
     # -- the store ------------------------------------------------------------------
 
@@ -165,6 +167,7 @@ class CommerceHQStandIn:
             order = self._new_order(int(self.now()), items)
             order.update(fields)
             self.orders[order["id"]] = order
+            self.versions[order["id"]] = 1
             return copy.deepcopy(order)
 
     def update_order(self, order_id: int, **fields: Any) -> dict[str, Any]:
@@ -173,6 +176,7 @@ class CommerceHQStandIn:
             order = self.orders[order_id]
             order.update(fields)
             order["updated_at"] = int(self.now())
+            self.versions[order_id] += 1
             return copy.deepcopy(order)
 
     def _new_order(self, created: int, n_items: int | None = None) -> dict[str, Any]:
