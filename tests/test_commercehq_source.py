@@ -249,6 +249,24 @@ def test_updates_while_the_update_list_is_paged(standin, tmp_path):
     assert_no_duplicates(files, chq)
 
 
+def test_changes_that_become_visible_late_are_taken_by_the_overlap(standin, tmp_path):
+    """A change stamped before the previous pass began, but committed (visible) after it
+    read that part of the list: the overlap window re-reads it, `seen` dedupes the rest."""
+    chq = standin(orders=300, seed=12)
+    with client_for(chq, overlap_seconds=120) as client:
+        first = client.pull(tmp_path / "p1")
+        watermark = first.cursor.watermark
+        assert watermark == int(chq.now())  # the server's clock, from the Date header
+        chq.advance(600)
+        chq.update_order(4010, at=watermark - 30, paid=-2)
+        late = chq.add_order(at=watermark - 60)
+        chq.update_order(4020, at=watermark - 500, paid=-2)  # beyond the overlap: missed
+        second = client.pull(tmp_path / "p2", first.cursor)
+    got = latest(second.files)
+    assert set(got) == {4010, late["id"]} and got[4010]["Paid"] == "-2"
+    assert second.accounted
+
+
 # --------------------------------------------------------------------------- restart
 
 

@@ -161,21 +161,27 @@ class CommerceHQStandIn:
         """Move the stand-in's clock forward (e.g. "an hour later")."""
         self._offset += seconds
 
-    def add_order(self, items: int | None = None, **fields: Any) -> dict[str, Any]:
-        """A new order placed now (``items=0``: an order without line items)."""
+    def add_order(
+        self, items: int | None = None, *, at: int | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """A new order placed now (``items=0``: an order without line items).  ``at``
+        back-dates it: a transaction stamped earlier that became visible only now."""
         with self._lock:
-            order = self._new_order(int(self.now()), items)
+            order = self._new_order(int(self.now()) if at is None else at, items)
             order.update(fields)
             self.orders[order["id"]] = order
             self.versions[order["id"]] = 1
             return copy.deepcopy(order)
 
-    def update_order(self, order_id: int, **fields: Any) -> dict[str, Any]:
-        """Change an order as the shop would: the fields given, ``updated_at`` = now."""
+    def update_order(
+        self, order_id: int, *, at: int | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Change an order as the shop would: the fields given, ``updated_at`` = now
+        (or ``at``: stamped earlier, visible only now)."""
         with self._lock:
             order = self.orders[order_id]
             order.update(fields)
-            order["updated_at"] = int(self.now())
+            order["updated_at"] = int(self.now()) if at is None else at
             self.versions[order_id] += 1
             return copy.deepcopy(order)
 
@@ -395,7 +401,7 @@ class CommerceHQStandIn:
                 order = self.orders.get(int(match.group(1)))
                 if order is None:
                     return _Answer(404, _yii_error(404, "Not Found", "Object not found."))
-                return _Answer(200, _shape(order, query))
+                return _Answer(200, orjson.Fragment(orjson.dumps(_shape(order, query))))
         if self.on_request is not None:
             self.on_request(self, query)
         return self._list(url.path, query)
@@ -429,7 +435,10 @@ class CommerceHQStandIn:
             total = len(orders)
             page_count = max(1, -(-total // size))
             page = min(page, page_count)  # Yii2 validatePage: past the end -> the last page
-            items = [_shape(o, query) for o in orders[(page - 1) * size : page * size]]
+            # serialised under the lock: no copy, and no order changes half-way
+            items = orjson.Fragment(
+                orjson.dumps([_shape(o, query) for o in orders[(page - 1) * size : page * size]])
+            )
             self._stats.pages_served += 1
 
         def link(p: int) -> str:
@@ -469,7 +478,7 @@ def _shape(order: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
     expand = {e.strip() for e in query.get("expand", "").split(",") if e.strip()}
     if "all" in expand:
         expand = set(RELATIONS)
-    shaped = {k: copy.deepcopy(v) for k, v in order.items() if k not in RELATIONS or k in expand}
+    shaped = {k: v for k, v in order.items() if k not in RELATIONS or k in expand}
     fields = [f.strip() for f in query.get("fields", "").split(",") if f.strip()]
     if fields:
         shaped = {k: v for k, v in shaped.items() if k in fields or k in expand}
