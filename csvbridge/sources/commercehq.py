@@ -172,7 +172,8 @@ class Page:
     number: int
     received: int  # orders on the page
     orders: list[dict[str, Any]]  # new (or newly changed) orders, each once
-    duplicates: int  # already taken (page boundary, restart, overlap, the other list)
+    duplicates: int  # already taken (page boundary, restart, overlap, the other list),
+    # or changed after this pass began and met again at a page boundary: the next pass
     older: int  # before the previous pass: where the list stops
     cursor: Cursor
 
