@@ -80,6 +80,11 @@ class SourceUnavailable(TransientError):
     """A drop (FTP, SFTP, folder) cannot be reached right now."""
 
 
+class SourceAuthError(TerminalError):
+    """An upstream shop API (Commerce HQ) refused the key/password (401/403): stops that
+    source until a person fixes its credentials; the other sources go on."""
+
+
 class HostKeyError(TerminalError):
     """An SFTP server's host key is unknown or does not match the pinned one."""
 
