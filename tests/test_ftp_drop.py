@@ -176,6 +176,24 @@ def test_no_certificate_and_no_plain_ftp_refuses_to_start(tmp_path: Path) -> Non
         drop.drop.start()
 
 
+def test_a_bad_certificate_stops_the_start(tmp_path: Path) -> None:
+    drop = Drop(tmp_path)
+    drop.settings.tls_key.write_text("not a key")  # type: ignore[union-attr]
+    with pytest.raises(DropError, match="TLS certificate or key"):
+        drop.drop.start()
+
+
+def test_passive_connections_use_the_configured_ports(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a free port for a range of one
+        probe.bind((HOST, 0))
+        free = probe.getsockname()[1]
+    drop = Drop(tmp_path, passive_ports=(free, free))
+    with drop.drop, drop.client() as ftp:
+        assert ftp.makepasv()[1] == free
+        upload(ftp, "orders.csv", b"id\n1\n")
+    assert drop.files.get(timeout=10).size == 5
+
+
 # -- uploads ----------------------------------------------------------------------------
 
 

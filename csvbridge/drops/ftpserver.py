@@ -348,6 +348,8 @@ class FtpDrop:
     def _handler(self) -> type[FTPHandler]:
         s = self.settings
         tls = s.tls_cert is not None and s.tls_key is not None
+        if (s.tls_cert is None) != (s.tls_key is None):
+            raise DropError("the FTP drop needs both tls_cert and tls_key, or neither")
         if not tls and not s.allow_plain_ftp:
             raise DropError(
                 "the FTP drop needs tls_cert and tls_key (FTPS); set allow_plain_ftp: true "
@@ -393,7 +395,13 @@ class FtpDrop:
                 tls_control_required=not s.allow_plain_ftp,
                 tls_data_required=not s.allow_plain_ftp,
             )
-        return type("DropHandler", (_DropHandlerMixin, base), attrs)
+        handler = type("DropHandler", (_DropHandlerMixin, base), attrs)
+        if tls:  # load the certificate now: a bad one must stop the start, not each login
+            try:
+                handler.get_ssl_context()  # type: ignore[attr-defined]
+            except Exception as exc:
+                raise DropError(f"cannot use the TLS certificate or key: {exc}") from None
+        return handler
 
     def _sweep(self, home: Path) -> None:
         """Partial uploads left by a previous run (crash, stop mid-transfer) are never
