@@ -13,10 +13,12 @@ How an upload goes:
 * when the data connection ends, pyftpdlib reports it complete or incomplete.  In stream
   mode a clean end of the data connection *is* the end-of-file marker, so we also refuse a
   file when the data connection was reset, when a TLS data stream ended without its
-  ``close_notify`` (a truncation), or when the client's control connection is already gone
-  (the client died mid-transfer: its control connection closes with the data one).  A
-  client that deliberately closes the data connection early but keeps its session looks
-  complete to any FTP server; that case cannot be detected;
+  ``close_notify`` (a truncation), or when the client's control connection closes without
+  a further command within ``confirm_seconds`` (0.5 s) of the data's end: a client that
+  dies mid-transfer closes both connections at once (the kernel may send the data FIN
+  first).  A live client confirms at once by its next command (QUIT, STOR...), or by
+  keeping its session open for that long.  A client that deliberately closes the data
+  connection early and keeps its session looks complete to any FTP server: undetectable;
 * a complete upload is renamed to its final name in the user's home (never replacing a
   file there: ``orders.1.csv`` if ``orders.csv`` is still waiting) and ``on_file`` is
   called with a `DroppedFile`; an incomplete one is deleted, or moved to
@@ -123,6 +125,10 @@ class FtpDropSettings(BaseModel):
     max_connections_per_ip: int = Field(16, ge=1)
     idle_timeout_seconds: int = Field(300, ge=1)
     quarantine_dir: Path | None = None  # keep interrupted uploads here instead of deleting
+    # after an upload's data connection ends, the client's control connection must stay up
+    # this long (or the client send a command) before the file is taken: a client that
+    # dies mid-upload closes both at once.  0 takes files at once (trusting a clean end).
+    confirm_seconds: float = Field(0.5, ge=0, le=30)
 
     @classmethod
     def from_url(cls, url: str, **values: Any) -> FtpDropSettings:
@@ -294,23 +300,62 @@ class _DropHandlerMixin:
     def ftp_REST(self, line: str) -> None:  # noqa: N802
         self.respond("502 Resuming is not supported: upload the whole file again.")  # type: ignore[attr-defined]
 
+    _awaiting: list[_Upload] | None = None  # complete uploads waiting for the verdict
+    _timer: Any = None
+
     def on_file_received(self, file: str) -> None:
+        """The data connection ended cleanly.  A client that died mid-upload closes its
+        control connection a moment later: hand over once the client shows it is alive
+        (its next command) or after ``confirm_seconds`` with the session still open."""
         upload = self.fs.uploads.pop(file, None)  # type: ignore[attr-defined]
         if upload is None:
             return
-        self.drop._hand_over(upload, self.username, self.remote_ip)  # type: ignore[attr-defined]
+        grace = self.drop.settings.confirm_seconds
+        if grace <= 0:
+            self.drop._hand_over(upload, self.username, self.remote_ip)  # type: ignore[attr-defined]
+            return
+        self._awaiting = [*(self._awaiting or []), upload]
+        if self._timer is None:
+            self._timer = self.ioloop.call_later(grace, self._confirm)  # type: ignore[attr-defined]
+
+    def _confirm(self) -> None:
+        awaiting, self._awaiting = self._awaiting or [], None
+        if self._timer is not None:
+            if not self._timer.cancelled:
+                self._timer.cancel()
+            self._timer = None
+        for upload in awaiting:
+            self.drop._hand_over(upload, self.username, self.remote_ip)  # type: ignore[attr-defined]
+
+    def found_terminator(self) -> None:
+        if self._awaiting:  # a command: the client is alive after its upload
+            self._confirm()
+        super().found_terminator()  # type: ignore[misc]
 
     def close(self) -> None:
-        """Session over: an upload it opened and never finished is not taken either."""
+        """Session over: an upload it opened and never finished is not taken, nor one
+        whose client vanished before confirming it (unless the drop itself is stopping)."""
         fs: Any = self.fs  # type: ignore[attr-defined]
         pending = list(fs.uploads.values()) if fs is not None else []
         user = getattr(self, "username", None)
-        super().close()  # type: ignore[misc]
-        for upload in pending:
-            if upload.name in fs.uploads:
-                del fs.uploads[upload.name]
-                upload.close()
-                self.drop._discard(upload, user, "the session ended before the upload did")
+        if self._awaiting:
+            if self.drop._stop.is_set():
+                self._confirm()
+            else:
+                awaiting, self._awaiting = self._awaiting, None
+                for upload in awaiting:
+                    why = "the client's control connection closed right after the data"
+                    self.drop._discard(upload, user, why)
+        if self._timer is not None and not self._timer.cancelled:
+            self._timer.cancel()
+        try:
+            super().close()  # type: ignore[misc]
+        finally:  # even when pyftpdlib's own close failed half-way
+            for upload in pending:
+                if upload.name in fs.uploads:
+                    del fs.uploads[upload.name]
+                    upload.close()
+                    self.drop._discard(upload, user, "the session ended before the upload did")
 
     def on_incomplete_file_received(self, file: str) -> None:
         upload = self.fs.uploads.pop(file, None)  # type: ignore[attr-defined]
