@@ -93,3 +93,14 @@ class LockedError(CsvBridgeError):
     """Another csvbridge pass holds the lock."""
 
     exit_code = 3
+
+
+class EventTooLarge(TerminalError):
+    """One tracking event is over the API's per-event size (32 KB): it is never sent, the
+    other events go on.  Splitting an order is undocumented, so a person must decide."""
+
+    code = "EVENT_TOO_LARGE"
+
+
+class DropError(TerminalError):
+    """The embedded FTP drop cannot start (port taken, certificate unreadable, bad users)."""
