@@ -22,7 +22,7 @@ from csvbridge.filesystems.base import (
     normalize,
 )
 from csvbridge.filesystems.local import LocalFileSystem
-from csvbridge.filesystems.names import NAME_MAX, fit_name, name_problem
+from csvbridge.filesystems.names import NAME_MAX, fit_name, name_problem, work_name
 from csvbridge.filesystems.pool import Connections
 from csvbridge.filesystems.registry import (
     ConnectOptions,
@@ -60,4 +60,5 @@ __all__ = [
     "protocol_of",
     "put_atomic",
     "register",
+    "work_name",
 ]

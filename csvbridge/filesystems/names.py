@@ -52,3 +52,16 @@ def fit_name(name: str, suffix: str = "", *, max_bytes: int = NAME_MAX) -> str:
         raise ValueError(f"suffix {suffix!r} leaves no room for a name")
     kept = stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
     return kept + tag + ext + suffix
+
+
+def work_name(name: str, *, max_bytes: int = NAME_MAX) -> str:
+    """A name for local work files about `name`: only ``[A-Za-z0-9._-]``, never hidden or
+    ``..``, within `max_bytes`, and distinct for distinct names (a digest is added
+    whenever characters had to be replaced, so ``a b.csv`` and ``a_b.csv`` differ)."""
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in name)
+    safe = safe.lstrip(".") or "_"
+    if safe != name:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        stem, dot, ext = safe.partition(".")
+        safe = f"{stem}~{digest}{dot}{ext}"
+    return fit_name(safe, max_bytes=max_bytes)
