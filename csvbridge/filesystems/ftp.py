@@ -316,6 +316,9 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
             log.warning("%s gives no time for a new file; reading its times as UTC", self.url)
             return
         offset = round(naive - (before + after) / 2)
+        zone = round(offset / 900) * 900  # time zones are whole quarter hours
+        if abs(offset - zone) <= 2:  # MDTM has whole seconds: +32399 is UTC+9
+            offset = zone
         if abs(offset) >= 2:
             self.clock.offset = float(offset)
             log.info(

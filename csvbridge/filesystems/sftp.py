@@ -71,10 +71,14 @@ _BLOCK = 32 * 1024  # paramiko's SFTP packet size: larger reads are split anyway
 class _QuietParamiko(logging.Filter):
     """paramiko logs ~4 INFO lines per connection ("Connected (version ...)", "Auth
     banner", "Authentication (password) successful!", "Opened sftp connection"): pass
-    them on as DEBUG, and only when csvbridge itself logs at DEBUG."""
+    them on as DEBUG, and only when csvbridge itself logs at DEBUG.  Warnings and errors
+    pass unchanged, except the dropped-socket error the reconnect handles."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
+        # "Socket exception: Connection reset" from the transport thread is the server
+        # ending an idle session: the next operation reconnects and says so itself
+        lost = str(record.msg).startswith("Socket exception")
+        if record.levelno >= logging.WARNING and not lost:
             return True
         if not logging.getLogger("csvbridge").isEnabledFor(logging.DEBUG):
             return False
@@ -82,9 +86,11 @@ class _QuietParamiko(logging.Filter):
         return True
 
 
-_paramiko_log = logging.getLogger("paramiko")
-if not any(isinstance(f, _QuietParamiko) for f in _paramiko_log.filters):
-    _paramiko_log.addFilter(_QuietParamiko())
+# logger filters do not apply to records propagated from children: filter each channel
+for _name in ("paramiko", "paramiko.transport", "paramiko.transport.sftp"):
+    _channel = logging.getLogger(_name)
+    if not any(isinstance(f, _QuietParamiko) for f in _channel.filters):
+        _channel.addFilter(_QuietParamiko())
 
 
 @dataclass

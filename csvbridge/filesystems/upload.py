@@ -97,6 +97,8 @@ def put_atomic(
     naming = naming or fs.temp_naming or TempNaming()
     size = local.stat().st_size
     templates = naming.candidates()
+    if naming.folder:
+        _make_folder(fs, posixpath.dirname(naming.path(rel, templates[0])), rel)
     attempt = 0
     while True:
         attempt += 1
@@ -162,6 +164,18 @@ def _upload(fs: FileSystem, local: Path, tmp: str, rel: str, size: int) -> None:
             url=fs.url,
             path=rel,
             stage="rename",
+        ) from None
+
+
+def _make_folder(fs: FileSystem, folder: str, rel: str) -> None:
+    try:
+        fs.mkdir(folder)
+    except OSError as exc:
+        raise UploadRefused(
+            f"cannot create the temporary upload folder {folder}: {_reason(exc)}",
+            url=fs.url,
+            path=rel,
+            stage="mkdir",
         ) from None
 
 

@@ -15,6 +15,7 @@ They can also misbehave on purpose, which is what the reconnection tests need:
   MLSD and LIST times in local time (vsftpd use_localtime=YES), ``extra_mlsd`` /
   ``extra_list`` add raw lines to every listing (hostile servers), and MLSD reports links
   as pure-ftpd does (``type=OS.unix=slink:<target>``; pyftpdlib alone follows them).
+  ``read_only = True`` refuses every STOR (550), as a read-only account.
   ``implicit=True`` (with TLS) serves implicit FTPS: TLS from the first byte.
 """
 
@@ -165,6 +166,7 @@ class FTPTestServer:
         self.mlsd = True
         self.rename_replaces = True
         self.prohibit_dot_files = False
+        self.read_only = False  # every STOR answered "550 Permission denied."
         self.use_localtime = False
         self.extra_mlsd: list[str] = []
         self.extra_list: list[str] = []
@@ -238,6 +240,9 @@ class FTPTestServer:
                 super().handle()
 
             def ftp_STOR(self, file: str, mode: str = "w") -> Any:
+                if ctl.read_only:
+                    self.respond("550 Permission denied.")
+                    return None
                 if ctl.prohibit_dot_files and os.path.basename(file).startswith("."):
                     self.respond("553 Prohibited file name: " + os.path.basename(file))
                     return None
