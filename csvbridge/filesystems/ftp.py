@@ -14,24 +14,20 @@ must be listed as a real folder before anything is moved into it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ftplib
-import io
 import logging
 import posixpath
 import secrets
-import socket
 import ssl
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from csvbridge.errors import ConfigError, SourceUnavailable, TerminalError
+from csvbridge.errors import ConfigError
 from csvbridge.filesystems.base import (
     EntryKind,
     FileInfo,
@@ -47,7 +43,14 @@ from csvbridge.filesystems.ftp_listing import (
     ServerClock,
     mlsd_kind,
     parse_list_line,
-    parse_timestamp,
+    sort_entry,
+)
+from csvbridge.filesystems.ftp_session import (
+    Session,
+    measure_clock,
+    open_session,
+    quietly_close,
+    scrub,
 )
 from csvbridge.filesystems.names import name_problem
 from csvbridge.filesystems.registry import ConnectOptions
@@ -59,58 +62,14 @@ from csvbridge.filesystems.remote import (
     parse_remote_url,
     rewind,
 )
-from csvbridge.observe import redact
 
 log = logging.getLogger("csvbridge.filesystems.ftp")
 
 _BLOCK = 64 * 1024
 _UNSUPPORTED = ("500", "502", "504")  # "command not understood / implemented"
-_SKIP_REASON = {
-    EntryKind.LINK: "the server lists it as a link: links are never followed in a drop",
-    EntryKind.OTHER: "the server does not list it as a plain file or folder",
-}
 
 
-class _FTP_TLS(ftplib.FTP_TLS):
-    """FTP_TLS that resumes the control connection's TLS session on data connections.
-
-    Many servers (vsftpd's require_ssl_reuse, FileZilla Server) refuse data connections
-    that do not, to make sure the data socket belongs to the authenticated client.
-    """
-
-    def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, Any]:
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:  # type: ignore[attr-defined]
-            session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
-            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
-        return conn, size
-
-
-class _ImplicitFTP_TLS(_FTP_TLS):
-    """Implicit FTPS: the TLS handshake comes before the server's greeting."""
-
-    def connect(
-        self, host: str = "", port: int = 0, timeout: float = -999, source_address: Any = None
-    ) -> str:
-        self.host, self.port = host, port
-        if timeout != -999:
-            self.timeout = timeout
-        raw = socket.create_connection((host, port), self.timeout, source_address=source_address)
-        self.af = raw.family
-        self.sock = self.context.wrap_socket(raw, server_hostname=host)
-        self.file = self.sock.makefile("r", encoding=self.encoding)
-        self.welcome = self.getresp()
-        return self.welcome
-
-
-@dataclass
-class _Session:
-    ftp: ftplib.FTP
-    root: str  # absolute server path of the URL's directory
-    mlsd: bool = True
-
-
-class FTPFileSystem(RemoteFileSystem[_Session]):
+class FTPFileSystem(RemoteFileSystem[Session]):
     """An FTP or FTPS directory.  `ftp://user@host:21/exports` is relative to the login
     directory, `ftp://host/%2Fsrv/exports` is absolute (RFC 1738, as curl does)."""
 
@@ -157,72 +116,28 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
         return fs
 
     # --- connection -----------------------------------------------------------------
-    def _connect(self) -> _Session:
-        loc = self.location
-        ftp: ftplib.FTP
-        if self._tls:
-            context = ssl.create_default_context(
-                cafile=str(self._ca_file) if self._ca_file else None
-            )
-            tls_class = _ImplicitFTP_TLS if self._implicit else _FTP_TLS
-            ftp = tls_class(context=context, timeout=self.timeout)
-        else:
-            ftp = ftplib.FTP(timeout=self.timeout)
-        try:
-            ftp.connect(loc.host, loc.port)
-            if isinstance(ftp, ftplib.FTP_TLS) and not self._implicit:
-                try:
-                    ftp.auth()
-                except ftplib.error_perm as exc:
-                    raise TerminalError(
-                        f"server refused TLS (AUTH TLS) for {self.url}: {describe(exc)}"
-                    ) from None
-            self._login(ftp)
-            if isinstance(ftp, ftplib.FTP_TLS):
-                ftp.prot_p()
-            ftp.set_pasv(self._passive)
-            ftp.voidcmd("TYPE I")
-            home = ftp.pwd()
-        except ssl.SSLCertVerificationError as exc:
-            _quietly_close(ftp)
-            raise TerminalError(
-                f"TLS certificate of {self.url} is not trusted: {exc.verify_message} "
-                "(set ca_file to the CA that signed it)"
-            ) from None
-        except (OSError, EOFError, ftplib.Error) as exc:
-            _quietly_close(ftp)
-            hint = ""
-            if isinstance(exc, (TimeoutError, EOFError, ssl.SSLError)) and loc.port == 990:
-                hint = " (port 990 is implicit FTPS: use ftps+implicit:// or implicit_tls)"
-            raise SourceUnavailable(f"cannot connect to {self.url}: {describe(exc)}{hint}") from exc
-        except BaseException:
-            _quietly_close(ftp)
-            raise
-        log.debug("connected to %s (home %s)", self.url, home)
-        return _Session(ftp, _root_path(home, loc.path))
+    def _connect(self) -> Session:
+        return open_session(
+            self.location,
+            self.url,
+            password=self._password,
+            passive=self._passive,
+            timeout=self.timeout,
+            ca_file=self._ca_file,
+            tls=self._tls,
+            implicit=self._implicit,
+        )
 
-    def _login(self, ftp: ftplib.FTP) -> None:
-        user = self.location.username or "anonymous"
-        password = self._password.get_secret_value() if self._password else ""
-        try:
-            ftp.login(user, password)
-        except ftplib.error_perm as exc:
-            _quietly_close(ftp)
-            # The server's text could in theory echo what it got: redact before use.
-            raise TerminalError(
-                f"authentication failed for {self.url}: {_scrub(exc, password)}"
-            ) from None
-
-    def _disconnect(self, conn: _Session, *, polite: bool) -> None:
+    def _disconnect(self, conn: Session, *, polite: bool) -> None:
         if polite:
             try:
                 conn.ftp.quit()
                 return
             except Exception:
                 pass
-        _quietly_close(conn.ftp)
+        quietly_close(conn.ftp)
 
-    def _lost(self, conn: _Session, exc: BaseException) -> bool:
+    def _lost(self, conn: Session, exc: BaseException) -> bool:
         if isinstance(exc, ssl.SSLCertVerificationError):
             return False
         if isinstance(exc, (ssl.SSLError, ftplib.error_reply, ftplib.error_proto)):
@@ -234,17 +149,17 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
         return is_network_error(exc)
 
     # --- helpers --------------------------------------------------------------------
-    def _abs(self, s: _Session, rel: str) -> str:
+    def _abs(self, s: Session, rel: str) -> str:
         return posixpath.join(s.root, rel) if rel else s.root
 
-    def _is_dir(self, s: _Session, absolute: str) -> bool:
+    def _is_dir(self, s: Session, absolute: str) -> bool:
         try:
             s.ftp.cwd(absolute)
             return True
         except ftplib.error_perm:
             return False
 
-    def _size(self, s: _Session, absolute: str) -> int | None:
+    def _size(self, s: Session, absolute: str) -> int | None:
         """SIZE of a file, None if the server cannot tell (a directory, no SIZE...)."""
         try:
             # ftplib switches to ASCII for every listing (retrlines sends TYPE A), and
@@ -255,18 +170,18 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
             return None
         return int(size) if size is not None else None
 
-    def _mdtm_raw(self, s: _Session, absolute: str) -> str | None:
+    def _mdtm_raw(self, s: Session, absolute: str) -> str | None:
         try:
             resp = s.ftp.sendcmd("MDTM " + absolute)
         except ftplib.error_perm:
             return None
         return resp[4:].strip() if resp.startswith("213") else None
 
-    def _mdtm(self, s: _Session, absolute: str) -> float | None:
+    def _mdtm(self, s: Session, absolute: str) -> float | None:
         raw = self._mdtm_raw(s, absolute)
         return self.clock.epoch(raw) if raw else None
 
-    def _exists(self, s: _Session, rel: str) -> bool:
+    def _exists(self, s: Session, rel: str) -> bool:
         absolute = self._abs(s, rel)
         if self._size(s, absolute) is not None or self._is_dir(s, absolute):
             return True
@@ -279,63 +194,18 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
             return False
         return any(e.name == name for e in listing.entries + listing.skipped)  # type: ignore[operator]
 
-    def _missing_or_denied(self, s: _Session, rel: str, exc: ftplib.Error) -> OSError:
+    def _missing_or_denied(self, s: Session, rel: str, exc: ftplib.Error) -> OSError:
         """Turn a 5xx reply about `rel` into FileNotFoundError or PermissionError."""
         if self._exists(s, rel):
-            return PermissionError(errno.EACCES, _scrub(exc), f"{self.url} {rel}")
+            return PermissionError(errno.EACCES, scrub(exc), f"{self.url} {rel}")
         return FileNotFoundError(errno.ENOENT, "no such file or directory", f"{self.url} {rel}")
 
-    # --- the server's clock ---------------------------------------------------------
-    def _measure_clock(self, s: _Session) -> None:
-        """Store and stat an empty probe file: how far the server's timestamps are from
-        ours (vsftpd ``use_localtime=YES`` reports local time as if it were UTC)."""
-        self.clock.offset = 0.0
-        name = f"csvbridge-clock.{secrets.token_hex(6)}.part"
-        absolute = self._abs(s, name)
-        before = time.time()
-        try:
-            s.ftp.storbinary("STOR " + absolute, io.BytesIO(b""))
-        except ftplib.error_perm as exc:
-            log.warning(
-                "cannot measure the clock of %s (probe refused: %s); reading its times as "
-                "UTC (set server_timezone if they are not)",
-                self.url,
-                _scrub(exc),
-            )
-            return
-        after = time.time()
-        try:
-            raw = self._mdtm_raw(s, absolute)
-            if raw is None and s.mlsd:
-                raw = next((f.get("modify") for n, f in s.ftp.mlsd(s.root) if n == name), None)
-        finally:
-            with contextlib.suppress(ftplib.Error):
-                s.ftp.delete(absolute)
-        naive = parse_timestamp(raw) if raw else None
-        if naive is None:
-            log.warning("%s gives no time for a new file; reading its times as UTC", self.url)
-            return
-        offset = round(naive - (before + after) / 2)
-        zone = round(offset / 900) * 900  # time zones are whole quarter hours
-        if abs(offset - zone) <= 2:  # MDTM has whole seconds: +32399 is UTC+9
-            offset = zone
-        if abs(offset) >= 2:
-            self.clock.offset = float(offset)
-            log.info(
-                "%s reports file times %+d s from ours (a server clock in local time, "
-                "e.g. vsftpd use_localtime=YES); correcting",
-                self.url,
-                offset,
-            )
-        else:
-            log.debug("%s reports file times in UTC (probe: %+d s)", self.url, offset)
-
-    def _clock_ready(self, s: _Session) -> None:
+    def _clock_ready(self, s: Session) -> None:
         if self.clock.auto and self.clock.offset is None:
-            self._measure_clock(s)
+            measure_clock(s, self.clock, self.url)
 
     # --- listing --------------------------------------------------------------------
-    def _list(self, s: _Session, rel: str) -> Listing:
+    def _list(self, s: Session, rel: str) -> Listing:
         self._clock_ready(s)
         absolute = self._abs(s, rel)
         if s.mlsd:
@@ -348,7 +218,7 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
                 log.debug("%s has no usable MLSD (%s); using LIST", self.url, describe(exc))
         return self._list_plain(s, rel, absolute)
 
-    def _list_mlsd(self, s: _Session, rel: str, absolute: str) -> Listing:
+    def _list_mlsd(self, s: Session, rel: str, absolute: str) -> Listing:
         listing = Listing()
         for name, facts in s.ftp.mlsd(absolute):
             kind = mlsd_kind(facts)
@@ -356,10 +226,10 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
                 continue
             size = int(facts["size"]) if facts.get("size", "").isdigit() else 0
             mtime = self.clock.epoch(facts["modify"]) if "modify" in facts else None
-            _sort(listing, rel, name, kind, size, mtime)
+            sort_entry(listing, rel, name, kind, size, mtime)
         return listing
 
-    def _list_plain(self, s: _Session, rel: str, absolute: str) -> Listing:
+    def _list_plain(self, s: Session, rel: str, absolute: str) -> Listing:
         """LIST (parsed), then exact SIZE/MDTM per file: LIST dates are minutes at best."""
         try:
             s.ftp.cwd(absolute)
@@ -379,10 +249,10 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
                 exact = self._size(s, target)
                 size = exact if exact is not None else size
                 mtime = self._mdtm(s, target) or mtime
-            _sort(listing, rel, name, kind, size, mtime)
+            sort_entry(listing, rel, name, kind, size, mtime)
         return listing
 
-    def _regular(self, s: _Session, rel: str) -> None:
+    def _regular(self, s: Session, rel: str) -> None:
         """Refuse to download what the folder does not list as a plain file."""
         parent, name = posixpath.split(rel)
         try:
@@ -406,7 +276,7 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
     def info(self, path: str) -> FileInfo:
         rel = normalize(path)
 
-        def op(s: _Session) -> FileInfo | None:
+        def op(s: Session) -> FileInfo | None:
             self._clock_ready(s)
             absolute = self._abs(s, rel)
             size = self._size(s, absolute)
@@ -417,7 +287,7 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
         found = self._run("stat", op)
         return found if found is not None else super().info(rel)
 
-    def _retrieve(self, s: _Session, rel: str, out: IO[bytes]) -> None:
+    def _retrieve(self, s: Session, rel: str, out: IO[bytes]) -> None:
         """RETR into `out`, checked against SIZE so a cut transfer is never "complete"."""
         self._regular(s, rel)
         absolute = self._abs(s, rel)
@@ -431,7 +301,7 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
         if expected is not None and got != expected:
             raise IncompleteTransfer(f"received {got} of {expected} bytes", url=self.url, path=rel)
 
-    def _store(self, s: _Session, rel: str, src: IO[bytes]) -> None:
+    def _store(self, s: Session, rel: str, src: IO[bytes]) -> None:
         src.seek(0)
         try:
             s.ftp.storbinary("STOR " + self._abs(s, rel), src, blocksize=_BLOCK)
@@ -441,12 +311,12 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
                 raise FileNotFoundError(
                     errno.ENOENT, "no such directory", f"{self.url} {parent}"
                 ) from None
-            raise PermissionError(errno.EACCES, _scrub(exc), f"{self.url} {rel}") from None
+            raise PermissionError(errno.EACCES, scrub(exc), f"{self.url} {rel}") from None
 
     def rename(self, src: str, dst: str) -> None:
         src_rel, dst_rel = normalize(src), normalize(dst)
 
-        def op(s: _Session) -> None:
+        def op(s: Session) -> None:
             a, b = self._abs(s, src_rel), self._abs(s, dst_rel)
             try:
                 s.ftp.rename(a, b)
@@ -458,7 +328,7 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
 
         self._run("rename", op)
 
-    def _replace(self, s: _Session, a: str, b: str) -> None:
+    def _replace(self, s: Session, a: str, b: str) -> None:
         """Rename over an existing file on servers whose RNTO refuses to.
 
         The old target is first moved aside (not deleted) so that a failing second rename
@@ -483,7 +353,7 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
     def remove(self, path: str) -> None:
         rel = normalize(path)
 
-        def op(s: _Session) -> None:
+        def op(s: Session) -> None:
             try:
                 s.ftp.delete(self._abs(s, rel))
             except ftplib.error_perm as exc:
@@ -494,7 +364,7 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
     def mkdir(self, path: str) -> None:
         rel = normalize(path)
 
-        def op(s: _Session) -> None:
+        def op(s: Session) -> None:
             self._makedirs(s, s.root)  # the URL's folder itself (a feed target may be new)
             walked = ""
             for seg in rel.split("/") if rel else []:
@@ -503,7 +373,7 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
 
         self._run("mkdir", op)
 
-    def _make_real_dir(self, s: _Session, parent: str, name: str) -> None:
+    def _make_real_dir(self, s: Session, parent: str, name: str) -> None:
         """`parent/name` as a real folder: made if missing, refused if a link or a file."""
         listing = self._list(s, parent)
         if any(d.name == name for d in listing.dirs):
@@ -519,9 +389,9 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
             s.ftp.mkd(absolute)
         except ftplib.error_perm as exc:
             if not self._is_dir(s, absolute):  # not created concurrently either
-                raise PermissionError(errno.EACCES, _scrub(exc), f"{self.url} {absolute}") from None
+                raise PermissionError(errno.EACCES, scrub(exc), f"{self.url} {absolute}") from None
 
-    def _makedirs(self, s: _Session, absolute: str) -> None:
+    def _makedirs(self, s: Session, absolute: str) -> None:
         """MKD, creating missing parents on the way back (one round trip when they exist)."""
         if self._is_dir(s, absolute):
             return
@@ -533,7 +403,7 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
             if parent in ("", "/", absolute) or self._is_dir(s, parent):
                 if self._is_dir(s, absolute):  # created concurrently
                     return
-                raise PermissionError(errno.EACCES, _scrub(exc), f"{self.url} {absolute}") from None
+                raise PermissionError(errno.EACCES, scrub(exc), f"{self.url} {absolute}") from None
         self._makedirs(s, parent)
         try:
             s.ftp.mkd(absolute)
@@ -546,43 +416,8 @@ class FTPFileSystem(RemoteFileSystem[_Session]):
         return self._run("exists", lambda s: self._exists(s, rel))
 
 
-def _sort(
-    listing: Listing, rel: str, name: str, kind: EntryKind, size: int, mtime: float | None
-) -> None:
-    """File an entry of a listing under files, dirs or skipped (with the reason)."""
-    problem = name_problem(name)
-    if problem is not None:
-        listing.skipped.append(Skipped(name, kind, problem))
-    elif kind is EntryKind.FILE:
-        listing.files.append(FileInfo(name, child(rel, name), size, mtime, False))
-    elif kind is EntryKind.DIR:
-        listing.dirs.append(FileInfo(name, child(rel, name), 0, mtime, True))
-    else:
-        reason = _SKIP_REASON.get(kind, f"a {kind} is not a file")
-        listing.skipped.append(Skipped(name, kind, reason))
-
-
 def _no_port(url: str) -> bool:
     try:
         return urlsplit(url).port is None
     except ValueError:
         return False
-
-
-def _root_path(home: str, url_path: str) -> str:
-    """Absolute server path for the URL's path (RFC 1738: relative to the login dir)."""
-    if url_path.startswith("//"):  # ftp://host/%2Fsrv -> "//srv" after unquoting
-        return posixpath.normpath(url_path[1:])
-    rel = url_path.lstrip("/")
-    return posixpath.normpath(posixpath.join(home or "/", rel)) if rel else (home or "/")
-
-
-def _scrub(exc: BaseException, password: str = "") -> str:
-    """A server reply fit for an error message: registered secrets and `password` masked."""
-    text = redact(str(exc))
-    return text.replace(password, "**********") if password else text
-
-
-def _quietly_close(ftp: ftplib.FTP) -> None:
-    with contextlib.suppress(Exception):
-        ftp.close()

@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from csvbridge.errors import ConfigError
-from csvbridge.filesystems.base import EntryKind
+from csvbridge.filesystems.base import EntryKind, FileInfo, Listing, Skipped, child
+from csvbridge.filesystems.names import name_problem
 
 _LIST_KINDS = {
     "-": EntryKind.FILE,
@@ -148,3 +149,25 @@ def _unix_list_time(m: re.Match[str]) -> float | None:
             stamp = calendar.timegm((year - 1, month, day, hour, minute, 0))
         return float(stamp)
     return float(calendar.timegm((int(m["time"]), month, day, 0, 0, 0)))
+
+
+_SKIP_REASON = {
+    EntryKind.LINK: "the server lists it as a link: links are never followed in a drop",
+    EntryKind.OTHER: "the server does not list it as a plain file or folder",
+}
+
+
+def sort_entry(
+    listing: Listing, rel: str, name: str, kind: EntryKind, size: int, mtime: float | None
+) -> None:
+    """File an entry of a listing under files, dirs or skipped (with the reason)."""
+    problem = name_problem(name)
+    if problem is not None:
+        listing.skipped.append(Skipped(name, kind, problem))
+    elif kind is EntryKind.FILE:
+        listing.files.append(FileInfo(name, child(rel, name), size, mtime, False))
+    elif kind is EntryKind.DIR:
+        listing.dirs.append(FileInfo(name, child(rel, name), 0, mtime, True))
+    else:
+        reason = _SKIP_REASON.get(kind, f"a {kind} is not a file")
+        listing.skipped.append(Skipped(name, kind, reason))

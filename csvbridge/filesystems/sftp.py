@@ -55,13 +55,7 @@ from csvbridge.filesystems.remote import (
     parse_remote_url,
     rewind,
 )
-from csvbridge.filesystems.ssh_keys import (
-    Pin,
-    base_key_type,
-    describe_key,
-    load_key,
-    load_known_hosts,
-)
+from csvbridge.filesystems.ssh_keys import HostKeyPolicy, Pin, load_key, load_known_hosts
 
 log = logging.getLogger("csvbridge.filesystems.sftp")
 
@@ -124,9 +118,13 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
             raise ConfigError(f"no password or private key configured for {self.url}")
         self._password = password
         self._pkey = load_key(private_key, private_key_passphrase) if private_key else None
-        self._pin = Pin.parse(host_key_fingerprint) if host_key_fingerprint else None
-        self._known_hosts = load_known_hosts(known_hosts) if known_hosts else None
-        self._allow_unknown = allow_unknown_host
+        self._host_keys = HostKeyPolicy(
+            self.url,
+            _host_entry(location),
+            Pin.parse(host_key_fingerprint) if host_key_fingerprint else None,
+            load_known_hosts(known_hosts) if known_hosts else None,
+            allow_unknown_host,
+        )
 
     @classmethod
     def from_url(cls, url: str, options: ConnectOptions) -> SFTPFileSystem:
@@ -144,12 +142,6 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
         return fs
 
     # --- connection -----------------------------------------------------------------
-    @property
-    def _host_entry(self) -> str:
-        """The name known_hosts uses: `host`, or `[host]:port` off port 22."""
-        loc = self.location
-        return loc.host if loc.port == 22 else f"[{loc.host}]:{loc.port}"
-
     def _connect(self) -> _Session:
         loc = self.location
         try:
@@ -160,9 +152,9 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
         try:
             transport.banner_timeout = self.timeout
             transport.auth_timeout = self.timeout
-            self._prefer_known_key_types(transport)
+            self._host_keys.prefer_known_types(transport)
             transport.start_client(timeout=self.timeout)
-            self._check_host_key(transport.get_remote_server_key())
+            self._host_keys.check(transport.get_remote_server_key())
             self._authenticate(transport)
             sftp = paramiko.SFTPClient.from_transport(transport)
             if sftp is None:
@@ -189,50 +181,6 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
             home = sftp.normalize(".")
             return posixpath.normpath(posixpath.join(home, path[3:])) if path[3:] else home
         return posixpath.normpath(path)
-
-    def _prefer_known_key_types(self, transport: paramiko.Transport) -> None:
-        """Ask first for the key types known_hosts has, so a server with several host keys
-        presents the one we can check (what OpenSSH does too)."""
-        if self._known_hosts is None:
-            return
-        known = self._known_hosts.lookup(self._host_entry)
-        if not known:
-            return
-        options = transport.get_security_options()
-        types = list(options.key_types)
-        first = [t for t in types if base_key_type(t) in known]
-        options.key_types = first + [t for t in types if t not in first]
-
-    def _check_host_key(self, key: paramiko.PKey) -> None:
-        presented = describe_key(key)
-        if self._pin is not None:
-            if self._pin.matches(key):
-                return
-            raise HostKeyError(
-                f"host key of {self.url} does not match the pinned fingerprint {self._pin}: "
-                f"server presented {presented}"
-            )
-        if self._known_hosts is not None:
-            known = self._known_hosts.lookup(self._host_entry)
-            if known:
-                if known.get(key.get_name()) == key:
-                    return
-                raise HostKeyError(
-                    f"host key of {self.url} does not match known_hosts "
-                    f"(possible man-in-the-middle): server presented {presented}"
-                )
-        if self._allow_unknown:
-            log.warning(
-                "accepting unknown host key for %s: %s (allow_unknown_host is set; "
-                "pin it with host_key_fingerprint)",
-                self.url,
-                presented,
-            )
-            return
-        raise HostKeyError(
-            f"unknown host key for {self.url}: server presented {presented}; "
-            "add it to known_hosts or set host_key_fingerprint"
-        )
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         user = self.location.username
@@ -423,6 +371,11 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
     def exists(self, path: str) -> bool:
         rel = normalize(path)
         return self._run("exists", lambda s: self._exists(s, rel))
+
+
+def _host_entry(loc: Location) -> str:
+    """The name known_hosts uses: `host`, or `[host]:port` off port 22."""
+    return loc.host if loc.port == 22 else f"[{loc.host}]:{loc.port}"
 
 
 def _info(parent: str, name: str, attrs: paramiko.SFTPAttributes) -> FileInfo:

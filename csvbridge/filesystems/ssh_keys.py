@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import io
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import SecretStr
 
-from csvbridge.errors import ConfigError
+from csvbridge.errors import ConfigError, HostKeyError
+
+log = logging.getLogger("csvbridge.filesystems.sftp")
 
 _SHA256 = re.compile(r"SHA256:([A-Za-z0-9+/]{43})=?")
 _MD5 = re.compile(r"(?:MD5:)?((?:[0-9a-fA-F]{2}:){15}[0-9a-fA-F]{2})")
@@ -52,6 +55,63 @@ class Pin:
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.value}"
+
+
+@dataclass(frozen=True)
+class HostKeyPolicy:
+    """Whom to trust: a pinned fingerprint, else known_hosts, else refuse (unless
+    `allow_unknown`, logged).  A key that mismatches a pin or a known_hosts entry is
+    always refused: that is the man-in-the-middle case."""
+
+    url: str
+    host_entry: str  # `host`, or `[host]:port` off port 22, as known_hosts writes it
+    pin: Pin | None
+    known_hosts: paramiko.HostKeys | None
+    allow_unknown: bool
+
+    def prefer_known_types(self, transport: paramiko.Transport) -> None:
+        """Ask first for the key types known_hosts has, so a server with several host keys
+        presents the one we can check (what OpenSSH does too)."""
+        if self.known_hosts is None:
+            return
+        known = self.known_hosts.lookup(self.host_entry)
+        if not known:
+            return
+        options = transport.get_security_options()
+        types = list(options.key_types)
+        first = [t for t in types if base_key_type(t) in known]
+        options.key_types = first + [t for t in types if t not in first]
+
+    def check(self, key: paramiko.PKey) -> None:
+        presented = describe_key(key)
+        if self.pin is not None:
+            if self.pin.matches(key):
+                return
+            raise HostKeyError(
+                f"host key of {self.url} does not match the pinned fingerprint {self.pin}: "
+                f"server presented {presented}"
+            )
+        if self.known_hosts is not None:
+            known = self.known_hosts.lookup(self.host_entry)
+            if known:
+                if known.get(key.get_name()) == key:
+                    return
+                raise HostKeyError(
+                    f"host key of {self.url} does not match known_hosts "
+                    f"(possible man-in-the-middle): server presented {presented}"
+                )
+        if self.allow_unknown:
+            log.warning(
+                "accepting unknown host key for %s: %s (allow_unknown_host is set; "
+                "pin it with host_key_fingerprint)",
+                self.url,
+                presented,
+            )
+            return
+        raise HostKeyError(
+            f"unknown host key for {self.url}: server presented {presented}; "
+            "add it to known_hosts or set host_key_fingerprint"
+        )
 
 
 def md5(key: paramiko.PKey) -> str:
