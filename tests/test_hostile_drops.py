@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 import threading
 from pathlib import Path
 
@@ -279,3 +280,19 @@ def test_work_names_are_safe_short_and_distinct(tmp_path: Path) -> None:
         assert all(c.isascii() and (c.isalnum() or c in "-_.~") for c in name)
         (tmp_path / name).mkdir()  # the OS takes it as one plain name
     assert work_name("orders-2026.csv") == "orders-2026.csv"
+
+
+def test_a_device_node_in_a_drop_is_skipped_and_never_written(tmp_path: Path) -> None:
+    root = tmp_path / "drop"
+    root.mkdir()
+    try:
+        os.mknod(root / "null.csv", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null
+    except PermissionError:
+        pytest.skip("creating a device node needs CAP_MKNOD")
+    fs = open_filesystem(str(root))
+    assert [(s.name, s.kind) for s in fs.scan().skipped] == [("null.csv", EntryKind.DEVICE)]
+    with pytest.raises(NotRegularFile, match="device"):
+        fs.write_bytes("null.csv", b"report")
+    with pytest.raises(NotRegularFile, match="device"):
+        fs.read_bytes("null.csv")
+    assert stat.S_ISCHR(os.lstat(root / "null.csv").st_mode)  # still the device

@@ -221,6 +221,10 @@ class LocalFileSystem(FileSystem):
     def _write(self, path: str, write: object) -> None:
         rel = normalize(path)
         with self._parent(rel) as (dfd, name):
+            with contextlib.suppress(FileNotFoundError):  # never open (or truncate) a device
+                kind = kind_of(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+                if kind is not EntryKind.FILE:
+                    raise NotRegularFile(f"{rel!r} is a {kind}, not a regular file", url=self.url)
             try:
                 fd = os.open(name, _FILE_WRITE, PRIVATE, dir_fd=dfd)
             except OSError as exc:
