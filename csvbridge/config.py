@@ -86,6 +86,12 @@ class FeedSettings(_Section):
     known_hosts: Path | None = None
     host_key_fingerprint: str | None = None
     allow_unknown_host: bool = False
+    ca_file: Path | None = None  # FTPS: a CA (or self-signed certificate) to trust
+    implicit_tls: bool = False  # FTPS: TLS from the first byte (port 990)
+    # temporary upload name, {name} and {token}; unset: ".{name}.{token}.part", else
+    # "{name}.{token}.part" when the server refuses hidden names (pure-ftpd)
+    upload_temp_name: str | None = None
+    upload_temp_folder: str | None = None  # upload into this folder, then move into place
 
 
 class SourceSettings(_Section):
@@ -104,6 +110,12 @@ class SourceSettings(_Section):
     allow_unknown_host: bool = False
     passive: bool = True
     timeout_seconds: float = 30
+    ca_file: Path | None = None  # FTPS: a CA (or self-signed certificate) to trust
+    implicit_tls: bool = False  # FTPS: TLS from the first byte (port 990)
+    # FTP: the zone of the server's file times: "auto" measures it with a probe file,
+    # "UTC" (the standard), or an IANA name ("Europe/Paris") for vsftpd use_localtime
+    server_timezone: str = "auto"
+    create_missing: bool = False  # local drops: create the folder instead of an error
     include: list[str] = ["*.csv", "*.csv.gz"]
     exclude: list[str] = []
     min_age_seconds: float = 10
@@ -218,6 +230,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         src.convert.mapping = fix(src.convert.mapping)
         src.private_key = fix(src.private_key)
         src.known_hosts = fix(src.known_hosts)
+        src.ca_file = fix(src.ca_file)
     settings.feed.private_key = fix(settings.feed.private_key)
     settings.feed.known_hosts = fix(settings.feed.known_hosts)
+    settings.feed.ca_file = fix(settings.feed.ca_file)
     return settings

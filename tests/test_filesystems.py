@@ -27,11 +27,13 @@ from csvbridge.filesystems import (
     FileInfo,
     FileSystem,
     IncompleteTransfer,
+    UploadRefused,
     filesystem_for,
     open_filesystem,
     put_atomic,
 )
-from csvbridge.filesystems.ftp import _parse_list_line
+from csvbridge.filesystems.base import EntryKind, Listing
+from csvbridge.filesystems.ftp_listing import parse_list_line
 from tests.plugins.servers import PASSWORD, FTPTestServer, SFTPTestServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,14 +58,14 @@ class Drop:
         return fs
 
 
-@pytest.fixture(params=["local", "ftp", "ftps", "sftp"])
+@pytest.fixture(params=["local", "ftp", "ftps", "ftps_implicit", "sftp"])
 def drop(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Drop]:
     name = request.param
     if name == "local":
         root = tmp_path / "drop"
         root.mkdir()
         d = Drop(name, root, lambda **kw: open_filesystem(root.as_uri(), **kw))
-    elif name in ("ftp", "ftps"):
+    elif name in ("ftp", "ftps", "ftps_implicit"):
         server = request.getfixturevalue(f"{name}_server")
         d = Drop(
             name,
@@ -300,8 +302,12 @@ class Faulty(FileSystem):
         real = self.inner.info(path)
         return replace(real, size=real.size + self.size_off)
 
-    def list(self, path: str = "") -> list[FileInfo]:
-        return self.inner.list(path)
+    @classmethod
+    def from_url(cls, url: str, options: object) -> FileSystem:
+        raise NotImplementedError("wraps an open filesystem")
+
+    def scan(self, path: str = "") -> Listing:
+        return self.inner.scan(path)
 
     def get(self, path: str, local: Path) -> None:
         self.inner.get(path, local)
@@ -332,7 +338,7 @@ class Faulty(FileSystem):
     ("rename_fails", "size_off", "expected"),
     [
         ([SourceUnavailable("gone"), SourceUnavailable("gone")], 0, SourceUnavailable),
-        ([PermissionError("denied")], 0, PermissionError),
+        ([PermissionError("denied")], 0, UploadRefused),
         ([], 1, IncompleteTransfer),
     ],
     ids=["rename-transient", "rename-terminal", "size-mismatch"],
@@ -495,23 +501,29 @@ def test_ftp_active_mode(ftp_server: FTPTestServer) -> None:
 
 def test_list_line_parsing() -> None:
     unix = "-rw-r--r--   1 owner    group     12345 Sep 13  2020 orders 2020.csv"
-    assert _parse_list_line(unix) == ("orders 2020.csv", False, 12345, 1599955200.0)
-    assert _parse_list_line("drwxr-xr-x 2 0 0 4096 Jan  5 10:30 archive")[:3] == (
+    assert parse_list_line(unix) == ("orders 2020.csv", EntryKind.FILE, 12345, 1599955200.0)
+    assert parse_list_line("drwxr-xr-x 2 0 0 4096 Jan  5 10:30 archive")[:3] == (
         "archive",
-        True,
+        EntryKind.DIR,
         4096,
     )
-    assert _parse_list_line("lrwxrwxrwx 1 u g 7 Jan 5 2021 latest.csv -> a.csv")[0] == (
-        "latest.csv"
+    assert parse_list_line("lrwxrwxrwx 1 u g 7 Jan 5 2021 latest.csv -> a.csv")[:2] == (
+        "latest.csv",
+        EntryKind.LINK,
     )
-    assert _parse_list_line("09-13-20  02:30PM       <DIR>          archive") == (
+    assert parse_list_line("prw-r--r-- 1 u g 0 Jan 5 2021 x.csv")[:2] == ("x.csv", EntryKind.FIFO)
+    assert parse_list_line("09-13-20  02:30PM       <DIR>          archive") == (
         "archive",
-        True,
+        EntryKind.DIR,
         0,
         1600007400.0,
     )
-    assert _parse_list_line("09-13-2020  02:30AM  42 a b.csv")[:3] == ("a b.csv", False, 42)
-    assert _parse_list_line("total 12") is None
+    assert parse_list_line("09-13-2020  02:30AM  42 a b.csv")[:3] == (
+        "a b.csv",
+        EntryKind.FILE,
+        42,
+    )
+    assert parse_list_line("total 12") is None
 
 
 # --- SFTP -------------------------------------------------------------------------------

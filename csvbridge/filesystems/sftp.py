@@ -7,51 +7,84 @@ pin it) — unless `allow_unknown_host` says to trust on first sight, which is l
 A key that *mismatches* a pin or a known_hosts entry is always refused: that is the
 man-in-the-middle case, and no setting should wave it through.
 
+Entries are judged by their own attributes (READDIR and LSTAT do not follow links), and
+a download checks the opened handle (FSTAT) too, so a link or FIFO swapped in after the
+listing is refused.  paramiko's per-connection INFO chatter is shown at DEBUG only.
+
 URL paths are absolute (`sftp://host/srv/exports`); `sftp://host/~/exports` is relative
 to the login directory, as with curl.
 """
 
 from __future__ import annotations
 
-import binascii
 import contextlib
 import errno
-import io
 import logging
 import posixpath
-import re
 import secrets
 import shutil
 import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 import paramiko
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import SecretStr
 
 from csvbridge.errors import ConfigError, HostKeyError, SourceUnavailable, TerminalError
 from csvbridge.filesystems.base import (
+    EntryKind,
     FileInfo,
     IncompleteTransfer,
+    Listing,
+    NotRegularFile,
+    Skipped,
+    UnsafePath,
+    child,
+    normalize,
+)
+from csvbridge.filesystems.local import kind_of
+from csvbridge.filesystems.names import name_problem
+from csvbridge.filesystems.registry import ConnectOptions
+from csvbridge.filesystems.remote import (
     Location,
     RemoteFileSystem,
-    child,
     describe,
     is_network_error,
-    normalize,
+    parse_remote_url,
     rewind,
 )
+from csvbridge.filesystems.ssh_keys import HostKeyPolicy, Pin, load_key, load_known_hosts
 
 log = logging.getLogger("csvbridge.filesystems.sftp")
 
 _BLOCK = 32 * 1024  # paramiko's SFTP packet size: larger reads are split anyway
-_SHA256 = re.compile(r"SHA256:([A-Za-z0-9+/]{43})=?")
-_MD5 = re.compile(r"(?:MD5:)?((?:[0-9a-fA-F]{2}:){15}[0-9a-fA-F]{2})")
+
+
+class _QuietParamiko(logging.Filter):
+    """paramiko logs ~4 INFO lines per connection ("Connected (version ...)", "Auth
+    banner", "Authentication (password) successful!", "Opened sftp connection"): pass
+    them on as DEBUG, and only when csvbridge itself logs at DEBUG.  Warnings and errors
+    pass unchanged, except the dropped-socket error the reconnect handles."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # "Socket exception: Connection reset" from the transport thread is the server
+        # ending an idle session: the next operation reconnects and says so itself
+        lost = str(record.msg).startswith("Socket exception")
+        if record.levelno >= logging.WARNING and not lost:
+            return True
+        if not logging.getLogger("csvbridge").isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+# logger filters do not apply to records propagated from children: filter each channel
+for _name in ("paramiko", "paramiko.transport", "paramiko.transport.sftp"):
+    _channel = logging.getLogger(_name)
+    if not any(isinstance(f, _QuietParamiko) for f in _channel.filters):
+        _channel.addFilter(_QuietParamiko())
 
 
 @dataclass
@@ -61,45 +94,10 @@ class _Session:
     root: str
 
 
-@dataclass(frozen=True)
-class _Pin:
-    """A pinned host key fingerprint, SHA256 (base64) or MD5 (hex)."""
-
-    algorithm: str
-    value: str
-
-    @classmethod
-    def parse(cls, text: str) -> _Pin:
-        """Accept what `ssh-keygen -lf` prints (the whole line or just the fingerprint)."""
-        m = _SHA256.search(text)
-        if m:
-            return cls("SHA256", m.group(1))
-        m = _MD5.search(text)
-        if m:
-            return cls("MD5", m.group(1).lower())
-        raise ConfigError(
-            "host_key_fingerprint must look like SHA256:<base64> (ssh-keygen -lf) or MD5:aa:bb:...",
-        )
-
-    def matches(self, key: paramiko.PKey) -> bool:
-        if self.algorithm == "SHA256":
-            return key.fingerprint == f"SHA256:{self.value}"
-        return _md5(key) == self.value
-
-    def __str__(self) -> str:
-        return f"{self.algorithm}:{self.value}"
-
-
-def _md5(key: paramiko.PKey) -> str:
-    return ":".join(f"{b:02x}" for b in key.get_fingerprint())
-
-
-def _describe_key(key: paramiko.PKey) -> str:
-    return f"{key.get_name()} {key.fingerprint} (MD5:{_md5(key)})"
-
-
 class SFTPFileSystem(RemoteFileSystem[_Session]):
     """A directory on an SFTP server."""
+
+    protocols: ClassVar[tuple[str, ...]] = ("sftp",)
 
     def __init__(
         self,
@@ -119,18 +117,31 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
         if password is None and private_key is None:
             raise ConfigError(f"no password or private key configured for {self.url}")
         self._password = password
-        self._pkey = _load_key(private_key, private_key_passphrase) if private_key else None
-        self._pin = _Pin.parse(host_key_fingerprint) if host_key_fingerprint else None
-        self._known_hosts = _load_known_hosts(known_hosts) if known_hosts else None
-        self._allow_unknown = allow_unknown_host
+        self._pkey = load_key(private_key, private_key_passphrase) if private_key else None
+        self._host_keys = HostKeyPolicy(
+            self.url,
+            _host_entry(location),
+            Pin.parse(host_key_fingerprint) if host_key_fingerprint else None,
+            load_known_hosts(known_hosts) if known_hosts else None,
+            allow_unknown_host,
+        )
+
+    @classmethod
+    def from_url(cls, url: str, options: ConnectOptions) -> SFTPFileSystem:
+        fs = cls(
+            parse_remote_url(url, options.username),
+            password=options.password,
+            private_key=options.private_key,
+            private_key_passphrase=options.private_key_passphrase,
+            known_hosts=options.known_hosts,
+            host_key_fingerprint=options.host_key_fingerprint,
+            allow_unknown_host=options.allow_unknown_host,
+            timeout=options.timeout,
+        )
+        fs.temp_naming = options.temp_naming
+        return fs
 
     # --- connection -----------------------------------------------------------------
-    @property
-    def _host_entry(self) -> str:
-        """The name known_hosts uses: `host`, or `[host]:port` off port 22."""
-        loc = self.location
-        return loc.host if loc.port == 22 else f"[{loc.host}]:{loc.port}"
-
     def _connect(self) -> _Session:
         loc = self.location
         try:
@@ -141,9 +152,9 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
         try:
             transport.banner_timeout = self.timeout
             transport.auth_timeout = self.timeout
-            self._prefer_known_key_types(transport)
+            self._host_keys.prefer_known_types(transport)
             transport.start_client(timeout=self.timeout)
-            self._check_host_key(transport.get_remote_server_key())
+            self._host_keys.check(transport.get_remote_server_key())
             self._authenticate(transport)
             sftp = paramiko.SFTPClient.from_transport(transport)
             if sftp is None:
@@ -170,50 +181,6 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
             home = sftp.normalize(".")
             return posixpath.normpath(posixpath.join(home, path[3:])) if path[3:] else home
         return posixpath.normpath(path)
-
-    def _prefer_known_key_types(self, transport: paramiko.Transport) -> None:
-        """Ask first for the key types known_hosts has, so a server with several host keys
-        presents the one we can check (what OpenSSH does too)."""
-        if self._known_hosts is None:
-            return
-        known = self._known_hosts.lookup(self._host_entry)
-        if not known:
-            return
-        options = transport.get_security_options()
-        types = list(options.key_types)
-        first = [t for t in types if _base_key_type(t) in known]
-        options.key_types = first + [t for t in types if t not in first]
-
-    def _check_host_key(self, key: paramiko.PKey) -> None:
-        presented = _describe_key(key)
-        if self._pin is not None:
-            if self._pin.matches(key):
-                return
-            raise HostKeyError(
-                f"host key of {self.url} does not match the pinned fingerprint {self._pin}: "
-                f"server presented {presented}"
-            )
-        if self._known_hosts is not None:
-            known = self._known_hosts.lookup(self._host_entry)
-            if known:
-                if known.get(key.get_name()) == key:
-                    return
-                raise HostKeyError(
-                    f"host key of {self.url} does not match known_hosts "
-                    f"(possible man-in-the-middle): server presented {presented}"
-                )
-        if self._allow_unknown:
-            log.warning(
-                "accepting unknown host key for %s: %s (allow_unknown_host is set; "
-                "pin it with host_key_fingerprint)",
-                self.url,
-                presented,
-            )
-            return
-        raise HostKeyError(
-            f"unknown host key for {self.url}: server presented {presented}; "
-            "add it to known_hosts or set host_key_fingerprint"
-        )
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         user = self.location.username
@@ -249,8 +216,9 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
         return posixpath.join(s.root, rel) if rel else s.root
 
     def _stat(self, s: _Session, rel: str) -> paramiko.SFTPAttributes:
+        """The entry's own attributes (a link is not followed)."""
         try:
-            return s.sftp.stat(self._abs(s, rel))
+            return s.sftp.lstat(self._abs(s, rel))
         except FileNotFoundError:
             raise FileNotFoundError(
                 errno.ENOENT, "no such file or directory", f"{self.url} {rel}"
@@ -258,29 +226,45 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
 
     def _exists(self, s: _Session, rel: str) -> bool:
         try:
-            s.sftp.stat(self._abs(s, rel))
+            s.sftp.lstat(self._abs(s, rel))
             return True
         except FileNotFoundError:
             return False
 
     # --- the interface --------------------------------------------------------------
-    def list(self, path: str = "") -> list[FileInfo]:
+    def scan(self, path: str = "") -> Listing:
         rel = normalize(path)
 
-        def op(s: _Session) -> list[FileInfo]:
+        def op(s: _Session) -> Listing:
             try:
                 entries = s.sftp.listdir_attr(self._abs(s, rel))
             except FileNotFoundError:
                 raise FileNotFoundError(
                     errno.ENOENT, "no such directory", f"{self.url} {rel}"
                 ) from None
-            return [_info(rel, e.filename, e) for e in entries if e.filename not in (".", "..")]
+            listing = Listing()
+            for e in entries:
+                if e.filename in (".", ".."):
+                    continue
+                kind = kind_of(e.st_mode or 0)
+                problem = name_problem(e.filename)
+                if problem is None and kind not in (EntryKind.FILE, EntryKind.DIR):
+                    problem = f"a {kind} is not a file (never followed or read in a drop)"
+                if problem is not None:
+                    listing.skipped.append(Skipped(e.filename, kind, problem))
+                else:
+                    info = _info(rel, e.filename, e)
+                    (listing.dirs if info.is_dir else listing.files).append(info)
+            return listing
 
         return self._run("list", op)
 
     def info(self, path: str) -> FileInfo:
         rel = normalize(path)
         attrs = self._run("stat", lambda s: self._stat(s, rel))
+        kind = kind_of(attrs.st_mode or 0)
+        if kind not in (EntryKind.FILE, EntryKind.DIR):
+            raise NotRegularFile(f"{rel!r} is a {kind}", url=self.url)
         return _info(posixpath.dirname(rel), posixpath.basename(rel), attrs)
 
     def _retrieve(self, s: _Session, rel: str, out: IO[bytes]) -> None:
@@ -288,15 +272,23 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
         attrs = self._stat(s, rel)
         if stat.S_ISDIR(attrs.st_mode or 0):
             raise IsADirectoryError(errno.EISDIR, "is a directory", f"{self.url} {rel}")
-        expected = attrs.st_size or 0
+        self._check_regular(rel, attrs)
         rewind(out)
         with s.sftp.open(self._abs(s, rel), "rb") as remote:
+            opened = remote.stat()  # FSTAT: what was opened, if swapped since the LSTAT
+            self._check_regular(rel, opened)
+            expected = opened.st_size or 0
             remote.prefetch(expected)
             shutil.copyfileobj(remote, out, _BLOCK)
         if out.tell() != expected:
             raise IncompleteTransfer(
                 f"received {out.tell()} of {expected} bytes", url=self.url, path=rel
             )
+
+    def _check_regular(self, rel: str, attrs: paramiko.SFTPAttributes) -> None:
+        kind = kind_of(attrs.st_mode or 0) if attrs.st_mode is not None else EntryKind.FILE
+        if kind is not EntryKind.FILE:
+            raise NotRegularFile(f"{rel!r} is a {kind}, not a regular file", url=self.url)
 
     def _store(self, s: _Session, rel: str, src: IO[bytes]) -> None:
         src.seek(0)
@@ -353,27 +345,37 @@ class SFTPFileSystem(RemoteFileSystem[_Session]):
         self._run("mkdir", lambda s: self._makedirs(s, self._abs(s, rel)))
 
     def _makedirs(self, s: _Session, absolute: str) -> None:
+        """Create `absolute` and its parents; a link or a file in the way is refused."""
         try:
-            attrs = s.sftp.stat(absolute)
+            attrs = s.sftp.lstat(absolute)
         except FileNotFoundError:
             pass
         else:
             if stat.S_ISDIR(attrs.st_mode or 0):
                 return
-            raise FileExistsError(errno.EEXIST, "exists and is not a directory", absolute)
+            if absolute == s.root and stat.S_ISLNK(attrs.st_mode or 0):
+                return  # the configured folder itself may be a link (the operator chose it)
+            kind = kind_of(attrs.st_mode or 0)
+            where = posixpath.relpath(absolute, s.root) if absolute != s.root else absolute
+            raise UnsafePath(f"{where!r} is a {kind}, not a folder of the drop", url=self.url)
         parent = posixpath.dirname(absolute)
         if parent not in ("", absolute):
             self._makedirs(s, parent)
         try:
             s.sftp.mkdir(absolute)
         except OSError:
-            attrs = s.sftp.stat(absolute)  # created concurrently?
+            attrs = s.sftp.lstat(absolute)  # created concurrently?
             if not stat.S_ISDIR(attrs.st_mode or 0):
                 raise
 
     def exists(self, path: str) -> bool:
         rel = normalize(path)
         return self._run("exists", lambda s: self._exists(s, rel))
+
+
+def _host_entry(loc: Location) -> str:
+    """The name known_hosts uses: `host`, or `[host]:port` off port 22."""
+    return loc.host if loc.port == 22 else f"[{loc.host}]:{loc.port}"
 
 
 def _info(parent: str, name: str, attrs: paramiko.SFTPAttributes) -> FileInfo:
@@ -384,70 +386,3 @@ def _info(parent: str, name: str, attrs: paramiko.SFTPAttributes) -> FileInfo:
         float(attrs.st_mtime) if attrs.st_mtime is not None else None,
         stat.S_ISDIR(attrs.st_mode or 0),
     )
-
-
-def _base_key_type(algorithm: str) -> str:
-    """The known_hosts key type for a host key algorithm (rsa-sha2-* are ssh-rsa keys)."""
-    return "ssh-rsa" if algorithm.startswith("rsa-sha2-") else algorithm
-
-
-def _load_key(path: Path, passphrase: SecretStr | None) -> paramiko.PKey:
-    """Load an rsa/ecdsa/ed25519 private key; errors never include the passphrase.
-
-    `cryptography` reads every common format (OpenSSH, PKCS#1/SEC1 PEM, PKCS#8, encrypted
-    or not); paramiko alone cannot decrypt PKCS#8 ("BEGIN ENCRYPTED PRIVATE KEY").  The
-    key is then handed to paramiko re-serialized in memory, unencrypted.
-    """
-    try:
-        data = Path(path).expanduser().read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read private key: {exc.strerror}", file=str(path)) from None
-    secret = passphrase.get_secret_value().encode() if passphrase else None
-    load = (
-        serialization.load_ssh_private_key
-        if b"BEGIN OPENSSH PRIVATE KEY" in data
-        else serialization.load_pem_private_key
-    )
-    try:
-        try:
-            loaded = load(data, secret)
-        except TypeError:
-            if secret is None:
-                raise ConfigError(
-                    "private key is encrypted: set private_key_passphrase", file=str(path)
-                ) from None
-            loaded = load(data, None)  # a passphrase for a key that has none: fine
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        hint = " (wrong passphrase?)" if secret else ""
-        raise ConfigError(
-            f"cannot load private key{hint}: {type(exc).__name__}", file=str(path)
-        ) from None
-    key_class: type[paramiko.PKey]
-    if isinstance(loaded, rsa.RSAPrivateKey):
-        key_class = paramiko.RSAKey
-    elif isinstance(loaded, ec.EllipticCurvePrivateKey):
-        key_class = paramiko.ECDSAKey
-    elif isinstance(loaded, ed25519.Ed25519PrivateKey):
-        key_class = paramiko.Ed25519Key
-    else:
-        raise ConfigError(
-            f"unsupported private key type {type(loaded).__name__} (use rsa, ecdsa or ed25519)",
-            file=str(path),
-        )
-    plain = loaded.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    return key_class.from_private_key(io.StringIO(plain.decode()))
-
-
-def _load_known_hosts(path: Path) -> paramiko.HostKeys:
-    hostkeys = paramiko.HostKeys()
-    try:
-        hostkeys.load(str(path))
-    except OSError as exc:
-        raise ConfigError(f"cannot read known_hosts: {exc.strerror}", file=str(path)) from None
-    except (paramiko.SSHException, ValueError, binascii.Error) as exc:
-        raise ConfigError(f"invalid known_hosts: {exc}", file=str(path)) from None
-    return hostkeys

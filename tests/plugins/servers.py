@@ -9,7 +9,14 @@ They can also misbehave on purpose, which is what the reconnection tests need:
   same port, like a redeploy;
 - FTP only: ``drop_downloads(after_bytes, times)`` cuts control and data connections in
   the middle of a RETR, ``mlsd = False`` makes MLSD "not understood" (LIST fallback),
-  ``rename_replaces = False`` makes RNTO refuse an existing target (Windows servers).
+  ``rename_replaces = False`` makes RNTO refuse an existing target (Windows servers),
+  ``prohibit_dot_files = True`` answers ``553 Prohibited file name`` to a STOR of a
+  hidden name (pure-ftpd ProhibitDotFilesWrite), ``use_localtime = True`` reports MDTM,
+  MLSD and LIST times in local time (vsftpd use_localtime=YES), ``extra_mlsd`` /
+  ``extra_list`` add raw lines to every listing (hostile servers), and MLSD reports links
+  as pure-ftpd does (``type=OS.unix=slink:<target>``; pyftpdlib alone follows them).
+  ``read_only = True`` refuses every STOR (550), as a read-only account.
+  ``implicit=True`` (with TLS) serves implicit FTPS: TLS from the first byte.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import asyncio
 import datetime as dt
 import ipaddress
 import logging
+import os
 import queue
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.handlers import DTPHandler, FTPHandler
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
@@ -44,9 +54,14 @@ logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
-def _wait_for_banner(port: int, prefix: bytes, timeout: float = 10.0) -> None:
+def _wait_for_banner(port: int, prefix: bytes, timeout: float = 10.0, tls: bool = False) -> None:
     """Readiness: connect and read the greeting instead of sleeping."""
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+    with socket.create_connection((HOST, port), timeout=timeout) as raw:
+        sock = raw
+        if tls:  # implicit FTPS: the greeting comes after the handshake
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            sock = context.wrap_socket(raw, server_hostname=HOST)
         greeting = sock.makefile("rb").readline()
     if not greeting.startswith(prefix):
         raise RuntimeError(f"unexpected greeting on port {port}: {greeting!r}")
@@ -134,8 +149,15 @@ def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
 class FTPTestServer:
     """pyftpdlib in a thread, with switches for the failures real servers produce."""
 
-    def __init__(self, root: Path, *, tls_files: tuple[Path, Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        tls_files: tuple[Path, Path, Path] | None = None,
+        implicit: bool = False,
+    ) -> None:
         self.root = root
+        self.implicit = implicit
         self.username = USERNAME
         self.password = PASSWORD
         self.tls = tls_files is not None
@@ -143,6 +165,11 @@ class FTPTestServer:
         self.port = 0
         self.mlsd = True
         self.rename_replaces = True
+        self.prohibit_dot_files = False
+        self.read_only = False  # every STOR answered "550 Permission denied."
+        self.use_localtime = False
+        self.extra_mlsd: list[str] = []
+        self.extra_list: list[str] = []
         self.sessions = 0  # logins so far: lets tests see that a reconnect happened
         self._drop_after = 0
         self._drops_left = 0
@@ -154,7 +181,7 @@ class FTPTestServer:
 
     @property
     def url(self) -> str:
-        scheme = "ftps" if self.tls else "ftp"
+        scheme = "ftps+implicit" if self.implicit else "ftps" if self.tls else "ftp"
         return f"{scheme}://{self.username}@{HOST}:{self.port}/"
 
     def _make_handler(self, tls_files: tuple[Path, Path, Path] | None) -> type[FTPHandler]:
@@ -182,8 +209,45 @@ class FTPTestServer:
                     self.cmd_channel.close()  # control and data at once, like a crash
                 return sent
 
+        class FS(AbstractedFS):
+            def format_mlsx(self, basedir: str, listing: Any, *args: Any, **kw: Any) -> Any:
+                for line in super().format_mlsx(basedir, listing, *args, **kw):
+                    facts, _, name = line.decode().rstrip("\r\n").partition(" ")
+                    path = os.path.join(basedir, name)
+                    if os.path.islink(path):  # as pure-ftpd: say it is a link
+                        kept = [f for f in facts.split(";") if f and not f.startswith("type=")]
+                        facts = f"type=OS.unix=slink:{os.readlink(path)};" + ";".join(kept) + ";"
+                    yield f"{facts} {name}\r\n".encode()
+                for extra in ctl.extra_mlsd:
+                    yield (extra + "\r\n").encode()
+
+            def format_list(self, basedir: str, listing: Any, *args: Any, **kw: Any) -> Any:
+                yield from super().format_list(basedir, listing, *args, **kw)
+                for extra in ctl.extra_list:
+                    yield (extra + "\r\n").encode()
+
         class Handler(base_handler):  # type: ignore[valid-type,misc]
             dtp_handler = DTP
+            abstracted_fs = FS
+
+            @property  # type: ignore[misc]
+            def use_gmt_times(self) -> bool:  # vsftpd use_localtime=YES when False
+                return not ctl.use_localtime
+
+            def handle(self) -> None:
+                if ctl.implicit:  # TLS before the greeting
+                    self.secure_connection(self.ssl_context)
+                super().handle()
+
+            def ftp_STOR(self, file: str, mode: str = "w") -> Any:
+                if ctl.read_only:
+                    self.respond("550 Permission denied.")
+                    return None
+                if ctl.prohibit_dot_files and os.path.basename(file).startswith("."):
+                    self.respond("553 Prohibited file name: " + os.path.basename(file))
+                    return None
+                return super().ftp_STOR(file, mode)
+
             use_sendfile = False  # so DTP.send sees the bytes
             auth_failed_timeout = 0
             banner = "csvbridge test server ready."
@@ -219,7 +283,7 @@ class FTPTestServer:
         self.port = self._server.address[1]
         self._thread = threading.Thread(target=self._serve, name="ftp-test-server", daemon=True)
         self._thread.start()
-        _wait_for_banner(self.port, b"220")
+        _wait_for_banner(self.port, b"220", tls=self.implicit)
 
     def _serve(self) -> None:
         assert self._server is not None
@@ -289,6 +353,16 @@ def ftps_server(tmp_path: Path) -> Iterator[FTPTestServer]:
     root = tmp_path / "ftps-home"
     root.mkdir()
     server = FTPTestServer(root, tls_files=make_tls_files(tmp_path / "tls"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ftps_implicit_server(tmp_path: Path) -> Iterator[FTPTestServer]:
+    root = tmp_path / "ftpsi-home"
+    root.mkdir()
+    server = FTPTestServer(root, tls_files=make_tls_files(tmp_path / "tls-i"), implicit=True)
     server.start()
     yield server
     server.stop()
