@@ -98,11 +98,15 @@ def test_options_come_from_the_settings_sections(tmp_path: Path) -> None:
 
 def test_nothing_else_parses_source_urls() -> None:
     """The registry is the only reader of drop URLs in csvbridge (the HTTP emulator in
-    testing/ reads request targets, which are not drop URLs)."""
+    testing/ reads request targets, which are not drop URLs; the embedded FTP drop parses
+    its own listen address, ftpserver://HOST:PORT/, which is a server to start, not a drop
+    to read)."""
     root = Path(__file__).resolve().parent.parent / "csvbridge"
     offenders = []
     for path in root.rglob("*.py"):
         if path.parent.name in ("filesystems", "testing"):
+            continue
+        if path.relative_to(root).as_posix() == "drops/ftpserver.py":
             continue
         text = path.read_text()
         if "urlsplit" in text or "urlparse" in text or '.split("://"' in text:
