@@ -22,7 +22,7 @@ import requests
 from csvbridge.config import ApiSettings, RateLimits
 from csvbridge.convert.fold import Record
 from csvbridge.errors import AuthError
-from csvbridge.ship.bulk import (
+from csvbridge.ship import (
     ApiClient,
     BatchOutcome,
     Progress,
@@ -32,7 +32,8 @@ from csvbridge.ship.bulk import (
     plan,
     ship,
 )
-from csvbridge.testing.emulator import Emulator, sample_conversion, sample_records
+from csvbridge.testing.emulator import Emulator
+from csvbridge.testing.sample_objects import sample_conversion, sample_records
 from tests.plugins.api import settings_for
 
 

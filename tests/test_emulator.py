@@ -16,13 +16,9 @@ import requests
 
 from csvbridge.config import RateLimits
 from csvbridge.schema.models import Conversion
-from csvbridge.testing.emulator import (
-    SERVER_ERROR_DETAIL,
-    UNKNOWN_TOKEN_DETAIL,
-    Emulator,
-    sample_conversion,
-    sample_records,
-)
+from csvbridge.testing.api_answers import SERVER_ERROR_DETAIL, UNKNOWN_TOKEN_DETAIL
+from csvbridge.testing.emulator import Emulator
+from csvbridge.testing.sample_objects import sample_conversion, sample_records
 from tests.helpers import wait_until
 
 AUTH = {"Authorization": "Bearer emulator-token", "Content-Type": "application/x-ndjson"}
