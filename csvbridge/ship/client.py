@@ -2,8 +2,12 @@
 
 `ApiClient.post` sends one batch and turns the answer into accepted and rejected records
 (`Answer`), or raises: `ApiTransientError` (timeouts, connection errors, 408, 429, 5xx:
-the shipper retries them), `AuthError` (401/403: the whole shipment stops) or
-`ApiTerminalError` (any other answer: not retried).
+the shipper retries them), `AuthError` (401/403: the whole shipment stops),
+`ApiRedirectError` (any 3xx: a POST is never followed, since requests would re-send the
+orders to whatever host the answer names) or `ApiTerminalError` (any other answer).
+
+`endpoint(settings, kind)` is the one place that turns a kind into a URL; `ship` and the
+dry run both use it.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from requests.adapters import HTTPAdapter
 from csvbridge import __version__
 from csvbridge.config import ApiSettings, Kind
 from csvbridge.convert.fold import Record
-from csvbridge.errors import ApiTerminalError, ApiTransientError, AuthError
+from csvbridge.errors import ApiRedirectError, ApiTerminalError, ApiTransientError, AuthError
 from csvbridge.observe import redact, register_secret
 from csvbridge.report import Problem
+from csvbridge.ship.results import Endpoint, Rejection
 
 log = logging.getLogger("csvbridge.api")
 
@@ -47,7 +52,7 @@ class Answer:
 
     status: int
     accepted: list[Record]
-    rejected: list[tuple[Record, list[Problem]]]
+    rejected: list[Rejection]
 
 
 class ApiClient:
@@ -59,7 +64,7 @@ class ApiClient:
 
     def __init__(self, settings: ApiSettings, session: requests.Session | None = None) -> None:
         self.settings = settings
-        token = settings.token.get_secret_value()
+        token = settings.token.get_secret_value().strip()  # config strips it too
         register_secret(token)
         self._authorization = f"Bearer {token}"
         self._owns_session = session is None
@@ -70,8 +75,7 @@ class ApiClient:
         return f"ApiClient(base_url={self.settings.base_url!r}, site_id={self.settings.site_id!r})"
 
     def url(self, kind: Kind) -> str:
-        site = quote(self.settings.site_id, safe="")
-        return f"{self.settings.base_url}/v2/{site}/{kind}/bulk"
+        return endpoint(self.settings, kind).url
 
     def post(self, kind: Kind, batch: Sequence[Record]) -> Answer:
         """Send one batch as NDJSON; raise for anything but an accept or a 400."""
@@ -87,6 +91,7 @@ class ApiClient:
                     "User-Agent": f"csvbridge/{__version__}",
                 },
                 timeout=self._timeout,
+                allow_redirects=False,  # a 3xx is an error, never a re-post elsewhere
             )
         except requests.Timeout as exc:
             raise ApiTransientError(f"no answer: {_reason(exc)}", code="TIMEOUT") from exc
@@ -104,10 +109,20 @@ class ApiClient:
         """Turn an HTTP answer into accepted/rejected records, or the right exception."""
         if 200 <= status < 300:
             return Answer(status, list(batch), [])
+        if 300 <= status < 400:
+            location = headers.get("Location")
+            raise ApiRedirectError(
+                f"the API answered HTTP {status} redirecting to {location or '(no Location)'}; "
+                "a POST is never followed and nothing of this batch counts as shipped: "
+                "check api.base_url",
+                status=status,
+                location=location,
+            )
         body = _json(content)
         code, detail = _first_error(body)
         if status == 400:
-            return Answer(status, *split_partial(body, batch))
+            accepted, rejected = split_partial(body, batch)
+            return Answer(status, accepted, rejected)
         if status == 401:
             reason = AUTH_REASONS.get(code or "", detail or "authentication failed")
             raise AuthError(f"the API refused the token: {reason}", status=status, code=code)
@@ -142,6 +157,17 @@ class ApiClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def endpoint(settings: ApiSettings, kind: Kind) -> Endpoint:
+    """The URL records of `kind` are posted to: ``{base_url}/v2/{site}/{kind}/bulk``."""
+    site = quote(settings.site_id, safe="")
+    return Endpoint(kind, f"{settings.base_url}/v2/{site}/{kind}/bulk", settings.site_id)
+
+
+def resolve_kind(kind: Kind, *, products_from_conversions: bool = False) -> Kind:
+    """The kind of the objects sent: products extracted from conversions are products."""
+    return "products" if products_from_conversions else kind
 
 
 def _pooled_session(size: int) -> requests.Session:
@@ -190,7 +216,7 @@ def _problem(error: dict[str, Any], record: Record) -> Problem:
 
 def split_partial(
     body: dict[str, Any], batch: Sequence[Record]
-) -> tuple[list[Record], list[tuple[Record, list[Problem]]]]:
+) -> tuple[list[Record], list[Rejection]]:
     """Map a 400 answer onto the batch: which records were refused, and why.
 
     With ``data.accepted_object_count`` it is a partial acceptance: each error names its
@@ -203,7 +229,7 @@ def split_partial(
     data = body.get("data") if isinstance(body.get("data"), dict) else {}
     if "accepted_object_count" not in data:
         errors = errors or [{"code": "BAD_REQUEST", "detail": "the API refused the request"}]
-        return [], [(r, [_problem(e, r) for e in errors]) for r in batch]
+        return [], [Rejection(r, [_problem(e, r) for e in errors]) for r in batch]
     by_id: dict[str, list[int]] = defaultdict(list)
     for index, record in enumerate(batch):
         by_id[record.id].append(index)
@@ -228,7 +254,7 @@ def split_partial(
             expected - len(refused),
         )
     accepted = [r for i, r in enumerate(batch) if i not in refused]
-    return accepted, [(batch[i], refused[i]) for i in sorted(refused)]
+    return accepted, [Rejection(batch[i], refused[i]) for i in sorted(refused)]
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -12,8 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
-from csvbridge.config import ApiSettings
+from csvbridge.config import ApiSettings, Kind
+from csvbridge.ship.client import endpoint, resolve_kind
 from csvbridge.ship.pacer import choose_batch_size
+from csvbridge.ship.results import Endpoint
 
 log = logging.getLogger("csvbridge.api")
 
@@ -30,24 +32,44 @@ class Plan:
     requests: int
     seconds_estimate: float
     objects_per_second: float
+    endpoint: Endpoint
 
     def describe(self) -> str:
+        """What ``--dry-run`` prints: where it would go, and how long it would take."""
+        where = f"would {self.endpoint.describe()}"
         if not self.objects:
-            return "nothing to ship"
+            return f"nothing to ship ({where})"
         return (
-            f"{self.objects} objects in {self.requests} requests of up to {self.batch_size}; "
-            f"at {self.objects_per_second:g} objects/s this takes about "
+            f"{where}: {self.objects} objects in {self.requests} requests of up to "
+            f"{self.batch_size}; at {self.objects_per_second:g} objects/s this takes about "
             f"{format_duration(self.seconds_estimate)}"
         )
 
 
-def plan(n_objects: int, settings: ApiSettings) -> Plan:
-    """The dry-run figures for shipping `n_objects` with `settings`."""
+def plan(
+    n_objects: int,
+    settings: ApiSettings,
+    kind: Kind = "conversions",
+    *,
+    products_from_conversions: bool = False,
+) -> Plan:
+    """The dry-run figures for shipping `n_objects` of `kind` with `settings`."""
     size = choose_batch_size(settings)
     batches = math.ceil(n_objects / size) if n_objects > 0 else 0
     limits = settings.limits
     seconds = max(n_objects / limits.objects_per_second, batches / limits.requests_per_second)
-    return Plan(n_objects, batches, size, batches, seconds, limits.objects_per_second)
+    target = endpoint(
+        settings, resolve_kind(kind, products_from_conversions=products_from_conversions)
+    )
+    return Plan(
+        objects=n_objects,
+        batches=batches,
+        batch_size=size,
+        requests=batches,
+        seconds_estimate=seconds,
+        objects_per_second=limits.objects_per_second,
+        endpoint=target,
+    )
 
 
 def format_duration(seconds: float) -> str:

@@ -7,10 +7,36 @@ without pulling in the HTTP machinery.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from csvbridge.config import Kind
 from csvbridge.convert.fold import Record
 from csvbridge.report import Problem
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a shipment goes: what ``--dry-run`` names and every request is sent to."""
+
+    kind: Kind
+    url: str
+    site_id: str
+
+    def describe(self) -> str:
+        return f"POST {self.kind} to {self.url} (site {self.site_id})"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One record the API refused, with its reasons."""
+
+    record: Record
+    problems: list[Problem]
+
+    def __iter__(self) -> Iterator[Record | list[Problem]]:
+        """``record, problems = rejection`` reads as the (record, problems) pair it was."""
+        return iter((self.record, self.problems))
 
 
 @dataclass
@@ -19,7 +45,7 @@ class BatchOutcome:
 
     batch_no: int
     accepted: list[Record] = field(default_factory=list)
-    rejected: list[tuple[Record, list[Problem]]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
     not_shipped: list[Record] = field(default_factory=list)  # the API never answered
     error: str | None = None  # why not shipped
 
@@ -33,7 +59,7 @@ class ShipResult:
     """A whole shipment: every record read is in exactly one list (or counted skipped)."""
 
     accepted_ids: list[str] = field(default_factory=list)
-    rejected: list[tuple[Record, list[Problem]]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
     not_shipped: list[Record] = field(default_factory=list)
     skipped: int = 0  # ids in skip_ids: accepted by an earlier run, not sent again
     requests: int = 0
@@ -41,6 +67,7 @@ class ShipResult:
     status_counts: Counter[int | str] = field(default_factory=Counter)  # 202, 429, "TIMEOUT"
     seconds: float = 0.0
     aborted: str | None = None  # why the shipment stopped early, if it did
+    endpoint: Endpoint | None = None  # where it went (None: nothing could be sent)
 
     @property
     def accepted(self) -> int:

@@ -21,6 +21,7 @@ us knowing; it is retried, which the API treats as an upsert of the same object.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import random
 import sys
@@ -30,10 +31,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+import orjson
+from pydantic import BaseModel, ValidationError
+
 from csvbridge.config import ApiSettings, Kind
 from csvbridge.convert.fold import Record
 from csvbridge.errors import ApiTransientError, AuthError, ConfigError, CsvBridgeError
-from csvbridge.ship.client import ApiClient
+from csvbridge.schema.models import Conversion, Product
+from csvbridge.ship.client import ApiClient, endpoint, resolve_kind
 from csvbridge.ship.pacer import Pacer, choose_batch_size, workers_for
 from csvbridge.ship.progress import Progress
 from csvbridge.ship.results import BatchOutcome, ShipResult
@@ -128,6 +133,35 @@ class _Shipment:
         return BatchOutcome(batch_no, not_shipped=batch, error=self.reason or "stopped")
 
 
+_MODELS: dict[Kind, type[BaseModel]] = {"conversions": Conversion, "products": Product}
+
+
+def records_kind(first: Record, asked: Kind) -> Kind:
+    """The kind of the records, judged on the first one: `asked` unless it is the other.
+
+    Why: ``send --products-from-conversions`` without ``--kind products`` posted products
+    to ``/conversions/bulk``, where every one was refused.  A record that is valid as the
+    other model and not as `asked` cannot be meant for `asked` (a product has neither
+    ``user`` nor ``conversion_items``, a conversion must have both), so it goes where it
+    belongs, with a warning.  A record valid as neither is sent as asked, and the API
+    says what is wrong with it.
+    """
+    other: Kind = "products" if asked == "conversions" else "conversions"
+    try:
+        obj = orjson.loads(first.json)
+        _MODELS[other].model_validate(obj)
+    except (orjson.JSONDecodeError, ValidationError):
+        return asked
+    try:
+        _MODELS[asked].model_validate(obj)
+    except ValidationError:
+        log.warning(
+            "these records are %s, not %s: sending them to the %s endpoint", other, asked, other
+        )
+        return other
+    return asked
+
+
 def _fresh(
     records: Iterable[Record], skip_ids: set[str] | frozenset[str], result: ShipResult
 ) -> Iterator[Record]:
@@ -154,6 +188,7 @@ def ship(
     settings: ApiSettings,
     kind: Kind = "conversions",
     *,
+    products_from_conversions: bool = False,
     skip_ids: set[str] | frozenset[str] = frozenset(),
     on_batch: Callable[[BatchOutcome], None] | None = None,
     progress: bool | None = None,
@@ -170,7 +205,12 @@ def ship(
     terminal answer) does the same, then raises the `AuthError` with the `ShipResult`
     attached as ``.result``.  ``total`` (default: ``len(records)`` if known) feeds the
     progress ETA; ``progress`` defaults to "stderr is a terminal".
+
+    The endpoint follows what is sent: products (``products_from_conversions``, or records
+    that are products whatever `kind` says) always go to ``/products/bulk``; see
+    `records_kind`.  ``result.endpoint`` says where the records went.
     """
+    kind = resolve_kind(kind, products_from_conversions=products_from_conversions)
     unusable: CsvBridgeError | None = None
     if not settings.site_id:
         unusable = ConfigError("no site id configured: set api.site_id or CSVBRIDGE_SITE_ID")
@@ -179,8 +219,15 @@ def ship(
     if unusable is not None:  # nothing can be sent: account for every record, then say why
         result = ShipResult(aborted=unusable.message)
         result.not_shipped.extend(_fresh(records, skip_ids, result))
-        unusable.result = result  # type: ignore[attr-defined]
+        unusable.result = result
         raise unusable
+    result = ShipResult()
+    fresh = _fresh(records, skip_ids, result)
+    first = next(fresh, None)
+    if first is not None:
+        kind = records_kind(first, kind)
+        fresh = itertools.chain([first], fresh)
+    result.endpoint = endpoint(settings, kind)
     own_client = client is None
     client = client or ApiClient(settings)
     size, workers = choose_batch_size(settings), workers_for(settings)
@@ -188,13 +235,12 @@ def ship(
     if total is None and isinstance(records, Sized):
         total = len(records)
     meter = Progress(total, tty=sys.stderr.isatty() if progress is None else progress)
-    result = ShipResult()
     fatal: BaseException | None = None
     pending: dict[Future[BatchOutcome], list[Record]] = {}
     log.info(
         "shipping %s to %s (site %s): batches of %d, %d in flight, %g objects/s",
         kind,
-        settings.base_url,
+        result.endpoint.url,
         settings.site_id,
         size,
         workers,
@@ -225,7 +271,6 @@ def ship(
             meter.update(result.accepted + len(result.rejected) + result.skipped)
 
     started = time.monotonic()
-    fresh = _fresh(records, skip_ids, result)
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="csvbridge-ship") as pool:
             try:
@@ -258,6 +303,6 @@ def ship(
     log.info("%s: %s", kind, result.summary())
     if fatal is not None:
         if isinstance(fatal, CsvBridgeError):
-            fatal.result = result  # type: ignore[attr-defined]
+            fatal.result = result
         raise fatal
     return result

@@ -35,6 +35,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from csvbridge.config import RateLimits
+from csvbridge.errors import ConfigError
 from csvbridge.schema.models import Conversion, Product, api_error_code, error_property
 from csvbridge.testing.api_answers import (
     SERVER_ERROR_DETAIL,
@@ -124,7 +125,16 @@ class Emulator:
 
     def _bind(self) -> EmulatorServer:
         if self._server is None:
-            self._server = EmulatorServer((self.host, self.port), EmulatorHandler)
+            try:
+                self._server = EmulatorServer((self.host, self.port), EmulatorHandler)
+            except (OSError, OverflowError) as exc:  # port taken, out of range, bad host
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise ConfigError(
+                    f"the emulator cannot listen on {self.host}:{self.port}: {reason}"
+                    + (" (choose another --port, or 0 for any free one)" if self.port else ""),
+                    host=self.host,
+                    port=self.port,
+                ) from None
             self._server.emulator = self
             self.port = self._server.server_address[1]
         return self._server
@@ -354,7 +364,11 @@ def run_emulator(
     drop_rate: float = 0.0,
     slow_rate: float = 0.0,
 ) -> int:
-    """Serve until SIGINT/SIGTERM (``csvbridge emulator``); prints where to point csvbridge."""
+    """Serve until SIGINT/SIGTERM (``csvbridge emulator``); prints where to point csvbridge.
+
+    Raises `ConfigError` (no traceback: the CLI prints it, exit 2) when it cannot listen,
+    e.g. the port is already in use.
+    """
     emulator = Emulator(
         host,
         port,
