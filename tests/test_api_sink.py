@@ -487,3 +487,47 @@ def test_dry_run_plan_names_endpoint_and_site() -> None:
         "180 objects in 2 requests"
     )
     assert "/conversions/bulk" in plan(1, settings).describe()
+
+
+# -- typed errors: transient retried, terminal not ----------------------------------------
+
+
+def test_error_families_have_one_root() -> None:
+    from csvbridge import errors as e
+
+    transient = (e.ApiTransientError, e.SourceUnavailable, e.LockedError)
+    terminal = (e.ApiTerminalError, e.ApiRedirectError, e.AuthError, e.ConfigError, e.InputError)
+    for cls in transient:
+        assert issubclass(cls, e.TransientError) and not issubclass(cls, e.TerminalError)
+    for cls in terminal:
+        assert issubclass(cls, e.TerminalError) and not issubclass(cls, e.TransientError)
+    for cls in (*transient, *terminal, e.HostKeyError):
+        assert issubclass(cls, e.CsvBridgeError)
+    assert issubclass(e.AuthError, e.StopsRun) and issubclass(e.ConfigError, e.StopsRun)
+    assert not issubclass(e.InputError, e.StopsRun)  # a bad file never stops the others
+
+
+def test_timeouts_are_retried_until_answered(emulator: Any) -> None:
+    emu = emulator(slow_rate=0.5, slow_seconds=20, seed=5)  # 2 s at speed 10
+    records = list(sample_records(300))
+    result = ship(records, settings_for(emu, timeout_seconds=0.5))
+    assert result.accepted == 300 and not result.not_shipped
+    assert result.status_counts["TIMEOUT"] > 0 and result.retries >= result.status_counts["TIMEOUT"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status"),
+    [({"site_id": "9999"}, 403), ({"token": "tok-not-known-123"}, 401), ({"path": "/nope"}, 404)],
+)
+def test_terminal_answers_are_never_retried(
+    emulator: Any, overrides: dict[str, str], status: int
+) -> None:
+    emu = emulator()
+    path = overrides.pop("path", "")
+    settings = settings_for(emu, base_url=emu.url + path, **overrides)
+    with pytest.raises(TerminalError) as caught:
+        ship(list(sample_records(30)), settings)
+    assert getattr(caught.value, "status", None) == status
+    result = caught.value.result
+    assert result is not None and result.requests == 1 and result.retries == 0
+    assert len(result.not_shipped) == 30 and result.accepted == 0
