@@ -10,8 +10,9 @@ up the process's file descriptors and the daemon died listing its drop.  Here:
   oldest waiting one is closed, and a waiting connection is closed after `IDLE_SECONDS`;
   so a flood of idle sockets never keeps ``/healthz`` from answering;
 * a connection that has sent something (or hung up) is served by one of `WORKERS`
-  threads, with a per-connection socket timeout (`REQUEST_SECONDS`) and one request per
-  connection; at most `MAX_WAITING` more queue for a worker, beyond that it is closed.
+  threads, with a socket timeout (`REQUEST_SECONDS`), a deadline for the whole exchange
+  (`REQUEST_DEADLINE`: one byte every few seconds does not hold a worker) and one request
+  per connection; at most `MAX_WAITING` more queue for a worker, beyond that it is closed.
 
 Open sockets are thus bounded by ``2 * MAX_WAITING + WORKERS + 3`` whatever the clients do.
 """
@@ -44,6 +45,7 @@ WORKERS = 4
 MAX_WAITING = 64  # connections accepted but with no request yet
 IDLE_SECONDS = 10.0  # how long such a connection may stay silent
 REQUEST_SECONDS = 5.0  # socket timeout while a worker reads a request and writes the answer
+REQUEST_DEADLINE = 10.0  # and the whole exchange: a client trickling bytes is cut off
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -95,11 +97,12 @@ def _always_healthy() -> tuple[bool, dict[str, Any]]:
 def _has_data(conn: socket.socket) -> bool:
     """Whether bytes (or a hang-up) wait on `conn`, without taking them."""
     try:
-        return bool(conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)) or True
+        conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"": a hang-up, also news
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:
         return True  # reset: let a worker find out and close it
+    return True
 
 
 def _close(conn: socket.socket) -> None:
@@ -126,6 +129,7 @@ class MetricsServer:
         workers: int = WORKERS,
         max_waiting: int = MAX_WAITING,
         idle_seconds: float = IDLE_SECONDS,
+        request_deadline: float = REQUEST_DEADLINE,
     ) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError(f"cannot serve metrics: port must be 0-65535, not {port!r}")
@@ -138,8 +142,10 @@ class MetricsServer:
         self.metrics, self.health = metrics, health or _always_healthy
         self.host, self.port = host, int(self._listener.getsockname()[1])
         self._workers, self._max_waiting, self._idle = workers, max_waiting, idle_seconds
+        self._deadline = request_deadline
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="csvbridge-metrics")
         self._busy = 0  # connections handed to the pool and not finished
+        self._serving: dict[socket.socket, float] = {}  # connection -> deadline, in a worker
         self._busy_lock = threading.Lock()
         self._waiting: collections.OrderedDict[socket.socket, float] = collections.OrderedDict()
         self._selector = selectors.DefaultSelector()
@@ -161,7 +167,7 @@ class MetricsServer:
         sel.register(self._listener, selectors.EVENT_READ, "listen")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         while not self._stopping.is_set():
-            for key, _ in sel.select(timeout=1.0):
+            for key, _ in sel.select(timeout=min(1.0, self._idle, self._deadline)):
                 if key.data == "listen":
                     self._accept()
                 elif key.data == "wake":
@@ -210,6 +216,11 @@ class MetricsServer:
             if deadline > now:
                 break
             self._drop(conn)
+        with self._busy_lock:
+            overdue = [c for c, deadline in self._serving.items() if deadline <= now]
+        for conn in overdue:  # unblocks the worker's read or write at once
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def _drop(self, conn: socket.socket) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -220,17 +231,20 @@ class MetricsServer:
     # -- a worker ------------------------------------------------------------------------
 
     def _handle(self, conn: socket.socket) -> None:
+        with self._busy_lock:
+            self._serving[conn] = time.monotonic() + self._deadline
         try:
             conn.settimeout(REQUEST_SECONDS)
             _Handler(conn, conn.getpeername(), self)
         except Exception as exc:  # a client that hung up or timed out: not our failure
             _log.debug("metrics endpoint: connection ended: %s", exc)
         finally:
+            with self._busy_lock:
+                self._busy -= 1
+                del self._serving[conn]
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
             _close(conn)
-            with self._busy_lock:
-                self._busy -= 1
 
     # -- life cycle ----------------------------------------------------------------------
 

@@ -255,6 +255,25 @@ def test_silent_and_slow_connections_time_out() -> None:
         assert get(server.url + "/healthz")[0] == 200
 
 
+def test_a_client_trickling_bytes_is_cut_off_at_the_deadline() -> None:
+    """One byte every 0.2 s never trips the socket timeout; the deadline still applies."""
+    with MetricsServer(Metrics(), "127.0.0.1", 0, request_deadline=1.0) as server:
+        slow = socket.create_connection(("127.0.0.1", server.port))
+        started = time.monotonic()
+        cut = False
+        try:
+            for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+                slow.sendall(bytes([byte]))
+                if time.monotonic() - started > 8:
+                    break
+                time.sleep(0.2)  # the client's pace is what this test is about
+        except OSError:  # reset or broken pipe: the server hung up
+            cut = True
+        assert cut and time.monotonic() - started < 5
+        slow.close()
+        assert get(server.url + "/healthz")[0] == 200
+
+
 @pytest.mark.parametrize("port", [70000, -1])
 def test_a_port_out_of_range_is_a_config_error(port: int) -> None:
     with pytest.raises(ConfigError, match="0-65535"):
