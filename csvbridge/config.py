@@ -18,8 +18,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from csvbridge.errors import ConfigError
+from csvbridge.redaction import register_secret
 
 Kind = Literal["conversions", "products"]
+
+
+def _strip_secret(value: Any) -> Any:
+    """Secrets lose surrounding whitespace: a token pasted from a file or ``echo`` ends in a
+    newline, which made requests refuse the header and print the whole token."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return value.strip() if isinstance(value, str) else value
+
+
 SinkName = Literal["api", "feed"]
 
 
@@ -59,6 +70,8 @@ class ApiSettings(_Section):
         """`site_id: 1234` unquoted in YAML is a number: it is still the site's id."""
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
+    _strip_token = field_validator("token", mode="before")(_strip_secret)
+
 
 class ConvertSettings(_Section):
     """How CSV rows become conversions."""
@@ -93,6 +106,10 @@ class FeedSettings(_Section):
     upload_temp_name: str | None = None
     upload_temp_folder: str | None = None  # upload into this folder, then move into place
 
+    _strip_secrets = field_validator("password", "private_key_passphrase", mode="before")(
+        _strip_secret
+    )
+
 
 class SourceSettings(_Section):
     """One drop to watch: a local folder, an FTP/FTPS or an SFTP directory."""
@@ -124,6 +141,10 @@ class SourceSettings(_Section):
     poll_interval_seconds: float = 30
     on_success: Literal["move", "delete"] = "move"
     convert: ConvertSettings = ConvertSettings()
+
+    _strip_secrets = field_validator("password", "private_key_passphrase", mode="before")(
+        _strip_secret
+    )
 
 
 class StateSettings(_Section):
@@ -195,7 +216,9 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file is not valid YAML: {exc}", file=str(p)) from None
+            raise ConfigError(
+                f"config file is not valid YAML: {_yaml_problem(exc)}", file=str(p)
+            ) from None
         if not isinstance(raw, dict):
             raise ConfigError("config file must be a YAML mapping", file=str(p))
         base = p.resolve().parent
@@ -207,7 +230,30 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc), file=str(path) if path else None) from None
+    register_secrets(settings)
     return _resolve_paths(settings, base)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, *without* the offending line: PyYAML's own message quotes
+    the line, which may be the one holding a password or token."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+    what = "; ".join(x for x in (exc.context, exc.problem) if x) or "syntax error"
+    return f"{what} at {where}"
+
+
+def register_secrets(settings: Settings) -> None:
+    """Hand every secret of `settings` to the log redactor as soon as it is known, so even
+    an error raised before a client is built cannot print one."""
+    values = [settings.api.token, settings.feed.password, settings.feed.private_key_passphrase]
+    for src in settings.sources:
+        values += [src.password, src.private_key_passphrase]
+    for value in values:
+        if value is not None:
+            register_secret(value.get_secret_value())
 
 
 def _describe(exc: ValidationError) -> str:

@@ -4,22 +4,43 @@ One root (`CsvBridgeError`) so the CLI can turn any library failure into a messa
 exit code.  Two families decide what happens next: `TransientError` is worth retrying
 (timeouts, 429, 5xx, a drop server that went away), `TerminalError` is not (bad config, a
 file that cannot be read, 400/401/403 from the API).  Errors carry their context (file,
-line, batch) as attributes *and* in their message, and never carry a secret.
+line, batch) as attributes *and* in their message, and never carry a secret: every
+registered secret (`csvbridge.redaction`) is masked in the message when it is built.
+
+`StopsRun` marks the errors after which a pass must not take another file (the API
+refuses the token, the configuration is unusable): `except StopsRun` instead of a tuple.
+An error raised after part of the work was done carries that part as ``result`` (for
+`csvbridge.ship.ship`: the `ShipResult`, so the caller can account for every record).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from csvbridge.redaction import redact
+
+if TYPE_CHECKING:
+    from csvbridge.ship.results import ShipResult
 
 
 class CsvBridgeError(Exception):
     """Root of every error csvbridge raises on purpose."""
 
     exit_code = 2
+    result: ShipResult | None = None  # what was done before the failure, if anything
 
     def __init__(self, message: str, **context: object) -> None:
-        self.context = {k: v for k, v in context.items() if v is not None}
+        message = redact(message)
+        self.context = {
+            k: redact(v) if isinstance(v, str) else v for k, v in context.items() if v is not None
+        }
         where = ", ".join(f"{k}={v}" for k, v in self.context.items())
         super().__init__(f"{message} ({where})" if where else message)
         self.message = message
+
+
+class StopsRun:
+    """Marker: after this error a pass stops taking files (every next one would fail too)."""
 
 
 class TerminalError(CsvBridgeError):
@@ -32,7 +53,7 @@ class TransientError(CsvBridgeError):
     exit_code = 3
 
 
-class ConfigError(TerminalError):
+class ConfigError(TerminalError, StopsRun):
     """The configuration (file, environment or command line) is unusable."""
 
 
@@ -66,8 +87,16 @@ class ApiTransientError(ApiError, TransientError):
         self.retry_after = retry_after
 
 
-class ApiTerminalError(ApiError, TerminalError):
-    """400 that is not a partial acceptance, 404, 405...: not retried."""
+class ApiTerminalError(ApiError, TerminalError, StopsRun):
+    """400 that is not a partial acceptance, 404, 405, a redirect...: not retried."""
+
+
+class ApiRedirectError(ApiTerminalError):
+    """A 3xx to a POST: never followed (the orders would go to another host unchecked)."""
+
+    def __init__(self, message: str, *, location: str | None = None, **kwargs: object) -> None:
+        super().__init__(message, location=location, **kwargs)  # type: ignore[arg-type]
+        self.location = location
 
 
 class AuthError(ApiTerminalError):
@@ -89,10 +118,8 @@ class HostKeyError(TerminalError):
     """An SFTP server's host key is unknown or does not match the pinned one."""
 
 
-class LockedError(CsvBridgeError):
-    """Another csvbridge pass holds the lock."""
-
-    exit_code = 3
+class LockedError(TransientError):
+    """Another csvbridge pass holds the lock: the next pass will take its turn."""
 
 
 class EventTooLarge(TerminalError):

@@ -1,12 +1,13 @@
 """Logging (text or JSON) with secret redaction, and the daemon's health/metrics endpoint.
 
 Secrets are masked twice: config holds them as `SecretStr`, and every value handed to
-`register_secret` is scrubbed from every log record by a filter on the root handler, so a
-token cannot leak even through a third-party library's debug output.
+`register_secret` (`csvbridge.redaction`) is scrubbed from every log record -- message,
+traceback, JSON fields -- by a filter and the formatters of the root handler, so a token
+cannot leak even through a third-party library's debug output.
 
 Metrics are a small thread-safe registry (`Metrics`) rendered by hand in the Prometheus
-text format, served with ``/healthz`` by `MetricsServer` (stdlib HTTP server, no new
-dependency).
+text format, served with ``/healthz`` by `MetricsServer` (`csvbridge.metrics_http`:
+bounded threads and sockets, stdlib only).
 """
 
 from __future__ import annotations
@@ -14,47 +15,66 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from csvbridge.errors import ConfigError
+from csvbridge.metrics_http import HealthCheck, MetricsServer
+from csvbridge.redaction import MASK, redact, register_secret
 
-_SECRETS: set[str] = set()
-_LOCK = threading.Lock()
-MASK = "**********"
-
-
-def register_secret(value: str | None) -> None:
-    """Remember a secret so that no log line ever shows it."""
-    if value and len(value) >= 4:
-        with _LOCK:
-            _SECRETS.add(value)
-
-
-def redact(text: str) -> str:
-    """`text` with every registered secret replaced by a mask."""
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
+__all__ = [
+    "MASK",
+    "HealthCheck",
+    "JsonFormatter",
+    "Metrics",
+    "MetricsServer",
+    "RedactingFilter",
+    "TextFormatter",
+    "redact",
+    "register_secret",
+    "setup_logging",
+]
 
 
 class RedactingFilter(logging.Filter):
+    """Masks secrets in the message *and* the traceback before any formatter sees them.
+
+    The traceback is formatted here (and cached as ``exc_text``, which formatters reuse)
+    because a filter runs before formatting: masking only the message left tracebacks,
+    which quote header values and URLs, in the clear.
+    """
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if _SECRETS:
-            message = record.getMessage()
-            clean = redact(message)
-            if clean != message or record.args:
-                record.msg, record.args = clean, None
-            if record.exc_text:
-                record.exc_text = redact(record.exc_text)
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
+
+
+class TextFormatter(logging.Formatter):
+    """The text format; the finished line is masked again (fields added by formatters)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def _redact_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_values(v) for v in value]
+    return redact(str(value)) if not isinstance(value, int | float | bool | None) else value
 
 
 class JsonFormatter(logging.Formatter):
@@ -69,9 +89,13 @@ class JsonFormatter(logging.Formatter):
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             out.update(extra)
-        if record.exc_info:
-            out["exception"] = redact(self.formatException(record.exc_info))
-        return json.dumps(out, default=str)
+        if record.exc_text or record.exc_info:
+            out["exception"] = record.exc_text or self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = record.stack_info
+        # every value masked before encoding (JSON escapes would hide a secret from a
+        # search in the encoded line), the line once more after
+        return redact(json.dumps(_redact_values(out), default=str))
 
 
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
@@ -86,7 +110,7 @@ def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
 
@@ -237,109 +261,3 @@ def _format_value(value: float) -> str:
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
-
-
-# -- health and metrics endpoint --------------------------------------------------
-
-HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
-_log = logging.getLogger("csvbridge.observe")
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a slow scraper never keeps the process alive
-    metrics: Metrics
-    health: HealthCheck
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "csvbridge"
-
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            ok, _ = self._health()
-            self.server.metrics.set("up", 1 if ok else 0)
-            body = self.server.metrics.render().encode()
-            self._send(200, body, "text/plain; version=0.0.4; charset=utf-8")
-        elif path == "/healthz":
-            ok, details = self._health()
-            payload = {"status": "ok" if ok else "unhealthy", **details}
-            body = redact(json.dumps(payload, default=str)).encode()
-            self._send(200 if ok else 503, body, "application/json")
-        else:
-            self._send(404, b'{"status":"not found"}', "application/json")
-
-    def _health(self) -> tuple[bool, dict[str, Any]]:
-        try:
-            ok, details = self.server.health()
-            return bool(ok), dict(details)
-        except Exception as exc:  # a broken check is an unhealthy service, not a 500
-            _log.warning("health check failed: %s", exc)
-            return False, {"reason": f"health check failed: {type(exc).__name__}: {exc}"}
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        _log.debug("metrics endpoint: " + format, *args)
-
-
-def _always_healthy() -> tuple[bool, dict[str, Any]]:
-    return True, {}
-
-
-class MetricsServer:
-    """Serves ``GET /metrics`` and ``GET /healthz`` from a daemon thread; starts at once.
-
-    ``health()`` returns ``(ok, details)``: ``/healthz`` answers 200
-    ``{"status": "ok", **details}`` or 503 ``{"status": "unhealthy", **details}`` (put the
-    reason in ``details["reason"]``).  ``port=0`` picks a free port; see `url`.
-    """
-
-    def __init__(
-        self,
-        metrics: Metrics,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        health: HealthCheck | None = None,
-    ) -> None:
-        server_cls = _Server
-        if ":" in host:  # IPv6 literal
-            server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
-        try:
-            self._server = server_cls((host, port), _Handler)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve metrics: {exc.strerror or exc}", host=host, port=port
-            ) from None
-        self._server.metrics = metrics
-        self._server.health = health or _always_healthy
-        self.host = host
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="csvbridge-metrics", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:43123``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

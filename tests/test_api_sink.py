@@ -7,6 +7,7 @@ accepted, and no accepted id was ever sent twice.
 
 from __future__ import annotations
 
+import http.server
 import io
 import logging
 import socket
@@ -21,8 +22,8 @@ import requests
 
 from csvbridge.config import ApiSettings, RateLimits
 from csvbridge.convert.fold import Record
-from csvbridge.errors import AuthError
-from csvbridge.ship.bulk import (
+from csvbridge.errors import ApiRedirectError, AuthError, StopsRun, TerminalError
+from csvbridge.ship import (
     ApiClient,
     BatchOutcome,
     Progress,
@@ -32,7 +33,8 @@ from csvbridge.ship.bulk import (
     plan,
     ship,
 )
-from csvbridge.testing.emulator import Emulator, sample_conversion, sample_records
+from csvbridge.testing.emulator import Emulator
+from csvbridge.testing.sample_objects import sample_conversion, sample_records
 from tests.plugins.api import settings_for
 
 
@@ -237,14 +239,14 @@ def test_403_names_the_site(emulator: Any) -> None:
     emu = emulator()
     with pytest.raises(AuthError, match="this token cannot access site 9999") as caught:
         ship(list(sample_records(5)), settings_for(emu, site_id="9999"))
-    assert len(caught.value.result.not_shipped) == 5  # type: ignore[attr-defined]
+    assert caught.value.result is not None and len(caught.value.result.not_shipped) == 5
 
 
 def test_missing_token_or_site_fails_before_sending(emulator: Any) -> None:
     emu = emulator()
     with pytest.raises(AuthError, match="no API token configured") as caught:
         ship(sample_records(5), settings_for(emu, token=""))
-    assert len(caught.value.result.not_shipped) == 5  # type: ignore[attr-defined]
+    assert caught.value.result is not None and len(caught.value.result.not_shipped) == 5
     with pytest.raises(Exception, match="no site id configured"):
         ship(sample_records(5), settings_for(emu, site_id=""))
     assert emu.stats.requests == 0
@@ -342,14 +344,16 @@ def test_unreachable_api_is_not_shipped(emulator: Any) -> None:
 
 
 def test_plan_figures() -> None:
-    documented = ApiSettings()
+    documented = ApiSettings(site_id="1234")
     p = plan(1000, documented)
     assert (p.batch_size, p.batches, p.requests) == (90, 12, 12)
     assert p.seconds_estimate == pytest.approx(1000 / 30)
     assert p.describe() == (
-        "1000 objects in 12 requests of up to 90; at 30 objects/s this takes about 33 s"
+        "would POST conversions to https://api.commander1.com/v2/1234/conversions/bulk "
+        "(site 1234): 1000 objects in 12 requests of up to 90; at 30 objects/s this takes "
+        "about 33 s"
     )
-    assert plan(0, documented).describe() == "nothing to ship"
+    assert plan(0, documented).describe().startswith("nothing to ship (would POST")
     request_bound = ApiSettings(max_objects_per_request=5, limits=RateLimits(requests_per_second=1))
     assert plan(100, request_bound).seconds_estimate == pytest.approx(20)
     assert "5 min 00 s" in plan(9000, documented).describe()
@@ -385,3 +389,145 @@ def test_progress_line() -> None:
     unknown = Progress(None, tty=False)
     unknown.started -= 2
     assert unknown.line(50) == "shipped 50 objects, 25 obj/s"
+
+
+# -- redirects: a 3xx to a POST is never followed ----------------------------------------
+
+
+class _Redirector(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with ``status`` and a Location on the real emulator."""
+
+    status = 301
+    location = ""
+    posts = 0
+
+    def do_POST(self) -> None:  # noqa: N802
+        type(self).posts += 1
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(self.status)
+        self.send_header("Location", self.location + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_a_terminal_error_naming_the_location(emulator: Any, status: int) -> None:
+    emu = emulator()
+    handler = type("Redirect", (_Redirector,), {"status": status, "location": emu.url})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        records = list(sample_records(200))
+        settings = settings_for(emu, base_url=f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(ApiRedirectError) as caught:
+            ship(records, settings)
+    finally:
+        server.shutdown()
+        server.server_close()
+    error = caught.value
+    assert isinstance(error, TerminalError) and isinstance(error, StopsRun)
+    assert error.status == status and error.location is not None
+    assert error.location.startswith(emu.url + "/v2/1234/conversions/bulk")
+    assert f"HTTP {status}" in str(error) and emu.url in str(error)
+    result = error.result
+    assert result is not None and result.accepted == 0 and not result.rejected
+    assert len(result.not_shipped) == len(records)  # every record accounted, none shipped
+    assert handler.posts >= 1 and result.retries == 0  # terminal: never retried
+    assert emu.stats.requests == 0 and not emu.store["conversions"]  # nothing re-posted
+
+
+# -- the endpoint follows what is sent ---------------------------------------------------
+
+
+def product_records(n: int) -> list[Record]:
+    """Products as `--products-from-conversions` extracts them: the items' products."""
+    seen: dict[str, bytes] = {}
+    for i in range(n):
+        for item in sample_conversion(i)["conversion_items"]:
+            seen.setdefault(item["product"]["id"], orjson.dumps(item["product"]))
+    return [Record(pid, data, (2,)) for pid, data in seen.items()]
+
+
+@pytest.mark.parametrize(
+    ("kind", "flag"), [("conversions", True), ("conversions", False), ("products", False)]
+)
+def test_products_always_go_to_the_products_endpoint(
+    emulator: Any, kind: str, flag: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    emu = emulator()
+    records = product_records(20)
+    result = ship(records, settings_for(emu), kind, products_from_conversions=flag)  # type: ignore[arg-type]
+    assert result.accepted == len(records) and not result.rejected
+    assert set(emu.store["products"]) == {r.id for r in records}
+    assert not emu.store["conversions"]
+    assert result.endpoint is not None
+    assert result.endpoint.kind == "products"
+    assert result.endpoint.url == f"{emu.url}/v2/1234/products/bulk"
+    warned = "these records are products, not conversions" in caplog.text
+    assert warned == (kind == "conversions" and not flag)
+
+
+def test_conversions_are_not_rerouted_even_when_invalid(emulator: Any) -> None:
+    emu = emulator()
+    records = records_with((3, "user"), (5, "conversion_items"), n=8)
+    result = ship(records, settings_for(emu), "conversions")
+    assert result.endpoint is not None and result.endpoint.kind == "conversions"
+    assert result.accepted == 6 and len(result.rejected) == 2
+    assert not emu.store["products"]
+
+
+def test_dry_run_plan_names_endpoint_and_site() -> None:
+    settings = ApiSettings(base_url="https://api.example.test/", site_id="4321")
+    text = plan(180, settings, "conversions", products_from_conversions=True).describe()
+    assert text.startswith(
+        "would POST products to https://api.example.test/v2/4321/products/bulk (site 4321): "
+        "180 objects in 2 requests"
+    )
+    assert "/conversions/bulk" in plan(1, settings).describe()
+
+
+# -- typed errors: transient retried, terminal not ----------------------------------------
+
+
+def test_error_families_have_one_root() -> None:
+    from csvbridge import errors as e
+
+    transient = (e.ApiTransientError, e.SourceUnavailable, e.LockedError)
+    terminal = (e.ApiTerminalError, e.ApiRedirectError, e.AuthError, e.ConfigError, e.InputError)
+    for cls in transient:
+        assert issubclass(cls, e.TransientError) and not issubclass(cls, e.TerminalError)
+    for cls in terminal:
+        assert issubclass(cls, e.TerminalError) and not issubclass(cls, e.TransientError)
+    for cls in (*transient, *terminal, e.HostKeyError):
+        assert issubclass(cls, e.CsvBridgeError)
+    assert issubclass(e.AuthError, e.StopsRun) and issubclass(e.ConfigError, e.StopsRun)
+    assert not issubclass(e.InputError, e.StopsRun)  # a bad file never stops the others
+
+
+def test_timeouts_are_retried_until_answered(emulator: Any) -> None:
+    emu = emulator(slow_rate=0.5, slow_seconds=20, seed=5)  # 2 s at speed 10
+    records = list(sample_records(300))
+    result = ship(records, settings_for(emu, timeout_seconds=0.5))
+    assert result.accepted == 300 and not result.not_shipped
+    assert result.status_counts["TIMEOUT"] > 0 and result.retries >= result.status_counts["TIMEOUT"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status"),
+    [({"site_id": "9999"}, 403), ({"token": "tok-not-known-123"}, 401), ({"path": "/nope"}, 404)],
+)
+def test_terminal_answers_are_never_retried(
+    emulator: Any, overrides: dict[str, str], status: int
+) -> None:
+    emu = emulator()
+    path = overrides.pop("path", "")
+    settings = settings_for(emu, base_url=emu.url + path, **overrides)
+    with pytest.raises(TerminalError) as caught:
+        ship(list(sample_records(30)), settings)
+    assert getattr(caught.value, "status", None) == status
+    result = caught.value.result
+    assert result is not None and result.requests == 1 and result.retries == 0
+    assert len(result.not_shipped) == 30 and result.accepted == 0

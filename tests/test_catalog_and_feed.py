@@ -16,7 +16,9 @@ from tests.plugins.api import settings_for
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTS = ROOT / "fixtures" / "products.csv"
 DEMO = ROOT / "csvbridge" / "data" / "demo" / "orders-2026-11-21.csv"
-TEMPLATE = ROOT / "fixtures" / "commandersact-template.csv"  # the official example file
+# a copy of shared/reference/commandersact-conversions-csv-template.csv, kept in the repo so
+# the round trip runs everywhere (it was always skipped outside the lead's machine)
+TEMPLATE = ROOT / "fixtures" / "commandersact-conversions-csv-template.csv"
 
 
 def _ndjson(path: Path) -> list[dict]:

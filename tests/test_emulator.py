@@ -15,14 +15,11 @@ import pytest
 import requests
 
 from csvbridge.config import RateLimits
+from csvbridge.errors import ConfigError
 from csvbridge.schema.models import Conversion
-from csvbridge.testing.emulator import (
-    SERVER_ERROR_DETAIL,
-    UNKNOWN_TOKEN_DETAIL,
-    Emulator,
-    sample_conversion,
-    sample_records,
-)
+from csvbridge.testing.api_answers import SERVER_ERROR_DETAIL, UNKNOWN_TOKEN_DETAIL
+from csvbridge.testing.emulator import Emulator, run_emulator
+from csvbridge.testing.sample_objects import sample_conversion, sample_records
 from tests.helpers import wait_until
 
 AUTH = {"Authorization": "Bearer emulator-token", "Content-Type": "application/x-ndjson"}
@@ -42,8 +39,6 @@ def post(
 
 def ndjson(*objects: Any) -> bytes:
     return b"\n".join(orjson.dumps(o) for o in objects)
-
-
 
 
 def test_sample_conversions_are_valid() -> None:
@@ -284,3 +279,28 @@ def test_run_emulator_serves_until_sigterm() -> None:
             proc.kill()
     assert proc.returncode == 0
     assert "emulator stopped" in out
+
+
+def test_a_port_in_use_is_a_config_error_not_a_traceback() -> None:
+    with Emulator(speed=10) as taken:
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{taken.port}") as caught:
+            run_emulator(port=taken.port)
+        assert "in use" in str(caught.value) and "--port" in str(caught.value)
+        assert requests.get(f"{taken.url}/healthz", timeout=5).status_code == 200
+    with pytest.raises(ConfigError, match="cannot listen"):
+        Emulator(port=70000).start()
+
+
+def test_cli_emulator_on_a_taken_port_exits_2_with_one_line() -> None:
+    with Emulator(speed=10) as taken:
+        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        done = subprocess.run(
+            [sys.executable, "-m", "csvbridge", "emulator", "--port", str(taken.port)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("csvbridge: the emulator cannot listen on 127.0.0.1:")

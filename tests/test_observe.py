@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 from csvbridge.errors import ConfigError
+from csvbridge.metrics_http import MAX_WAITING, REQUEST_SECONDS, WORKERS
 from csvbridge.observe import Metrics, MetricsServer
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -201,3 +204,77 @@ def test_health_check_that_raises_is_503() -> None:
 def test_port_in_use_is_a_config_error() -> None:
     with MetricsServer(Metrics()) as server, pytest.raises(ConfigError, match="metrics"):
         MetricsServer(Metrics(), "127.0.0.1", server.port)
+
+
+# -- bounded under idle connections ---------------------------------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count fds")
+def test_hundreds_of_idle_connections_neither_exhaust_fds_nor_block_healthz() -> None:
+    """Today's failure: ~250 idle connections each held a thread and a descriptor until
+    the daemon died.  The clients live in this process too, so the count allows for them:
+    what must stay bounded is the server's share."""
+    idle = 400
+    with MetricsServer(Metrics(), "127.0.0.1", 0) as server:
+        before = open_fds()
+        clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(idle)]
+        try:
+            # all were accepted (the listener's queue is drained), and healthz still answers
+            status, _, body = get(server.url + "/healthz")
+            assert status == 200 and json.loads(body) == {"status": "ok"}
+            assert threading.active_count() < 30
+            server_share = open_fds() - before - idle
+            assert server_share <= 2 * MAX_WAITING + WORKERS + 4, server_share
+            # the oldest idle connections were closed by the server, not left to pile up
+            clients[0].settimeout(5)
+            assert clients[0].recv(1) == b""
+        finally:
+            for c in clients:
+                c.close()
+        assert get(server.url + "/metrics")[0] == 200
+
+
+def test_silent_and_slow_connections_time_out() -> None:
+    with MetricsServer(Metrics(), "127.0.0.1", 0, idle_seconds=0.3) as server:
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        silent.settimeout(10)
+        assert silent.recv(1) == b""  # closed after idle_seconds, without a byte from us
+        silent.close()
+        slow = socket.create_connection(("127.0.0.1", server.port))
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")  # and never the rest
+        slow.settimeout(REQUEST_SECONDS + 10)
+        started = time.monotonic()
+        data = slow.recv(1024)  # the worker gives up after REQUEST_SECONDS
+        assert time.monotonic() - started <= REQUEST_SECONDS + 5
+        assert data == b"" or data.startswith(b"HTTP/1.")
+        slow.close()
+        assert get(server.url + "/healthz")[0] == 200
+
+
+def test_a_client_trickling_bytes_is_cut_off_at_the_deadline() -> None:
+    """One byte every 0.2 s never trips the socket timeout; the deadline still applies."""
+    with MetricsServer(Metrics(), "127.0.0.1", 0, request_deadline=1.0) as server:
+        slow = socket.create_connection(("127.0.0.1", server.port))
+        started = time.monotonic()
+        cut = False
+        try:
+            for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+                slow.sendall(bytes([byte]))
+                if time.monotonic() - started > 8:
+                    break
+                time.sleep(0.2)  # the client's pace is what this test is about
+        except OSError:  # reset or broken pipe: the server hung up
+            cut = True
+        assert cut and time.monotonic() - started < 5
+        slow.close()
+        assert get(server.url + "/healthz")[0] == 200
+
+
+@pytest.mark.parametrize("port", [70000, -1])
+def test_a_port_out_of_range_is_a_config_error(port: int) -> None:
+    with pytest.raises(ConfigError, match="0-65535"):
+        MetricsServer(Metrics(), "127.0.0.1", port)

@@ -23,14 +23,11 @@ import math
 import random
 import re
 import signal
-import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,37 +35,22 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from csvbridge.config import RateLimits
-from csvbridge.convert.fold import Record
-from csvbridge.schema.models import Conversion, Product, api_error_code, error_property, format_date
+from csvbridge.errors import ConfigError
+from csvbridge.schema.models import Conversion, Product, api_error_code, error_property
+from csvbridge.testing.api_answers import (
+    SERVER_ERROR_DETAIL,
+    UNKNOWN_TOKEN_DETAIL,
+    ErrorGroup,
+    Reply,
+    error_body,
+    new_group,
+)
+from csvbridge.testing.emulator_http import EmulatorHandler, EmulatorServer
 
 log = logging.getLogger("csvbridge.testing.emulator")
 
 MODELS: dict[str, type[BaseModel]] = {"conversions": Conversion, "products": Product}
 _BULK_PATH = re.compile(r"/v2/([^/]+)/(conversions|products)/bulk/?")
-
-# Documented details, word for word.
-UNKNOWN_TOKEN_DETAIL = (
-    "The provided token is unknown. Please contact our support team support@commandersact.com"
-)
-SERVER_ERROR_DETAIL = (
-    "An internal error occurred. Please contact our support team support@commandersact.com"
-)
-_TYPE_WORDS = {
-    "float_type": "a number",
-    "finite_number": "a finite number",
-    "int_type": "an integer",
-    "string_type": "a string",
-    "bool_type": "a boolean",
-    "list_type": "an array",
-    "dict_type": "an object",
-    "model_type": "an object",
-    "model_attributes_type": "an object",
-}
-
-
-def _errors(code: str, detail: str, **top: Any) -> dict[str, Any]:
-    """The API's error envelope: extra top-level keys (``description``) come first."""
-    return {**top, "errors": [{"code": code, "detail": detail}]}
 
 
 def _number(value: float) -> str:
@@ -91,32 +73,6 @@ class EmulatorStats:
     def resent(self) -> set[str]:
         """Ids accepted more than once: a client that re-sends what was already accepted."""
         return {i for i, n in self.received_ids.items() if n > 1}
-
-
-@dataclass(slots=True)
-class _Answer:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _ErrorGroup:
-    """One aggregated bulk error: one per (code, property), as the API aggregates them."""
-
-    code: str
-    detail: str
-    property: str | None
-    count: int = 0
-    lines: list[int] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {}
-        if self.property is not None:
-            meta["property"] = self.property
-        meta.update(line_numbers=self.lines, error_count=self.count, ids=self.ids)
-        return {"code": self.code, "detail": self.detail, "meta": meta}
 
 
 class Emulator:
@@ -162,14 +118,23 @@ class Emulator:
         self._admitted: deque[float] = deque()  # admission times within the last second
         self._busy_until = 0.0  # when the object processor is free again
         self._stopping = threading.Event()
-        self._server: _Server | None = None
+        self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
-    def _bind(self) -> _Server:
+    def _bind(self) -> EmulatorServer:
         if self._server is None:
-            self._server = _Server((self.host, self.port), _Handler)
+            try:
+                self._server = EmulatorServer((self.host, self.port), EmulatorHandler)
+            except (OSError, OverflowError) as exc:  # port taken, out of range, bad host
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise ConfigError(
+                    f"the emulator cannot listen on {self.host}:{self.port}: {reason}"
+                    + (" (choose another --port, or 0 for any free one)" if self.port else ""),
+                    host=self.host,
+                    port=self.port,
+                ) from None
             self._server.emulator = self
             self.port = self._server.server_address[1]
         return self._server
@@ -223,12 +188,12 @@ class Emulator:
 
     # -- one request --------------------------------------------------------------------
 
-    def answer_post(self, target: str, headers: Mapping[str, str], body: bytes) -> _Answer | None:
+    def answer_post(self, target: str, headers: Mapping[str, str], body: bytes) -> Reply | None:
         """The answer to ``POST target``; None means: hang up without answering."""
         url = urlsplit(target)
         match = _BULK_PATH.fullmatch(url.path)
         if match is None:
-            return _Answer(404, _errors("NOT_FOUND", f"No route for POST {url.path}"))
+            return Reply(404, error_body("NOT_FOUND", f"No route for POST {url.path}"))
         site, kind = match.groups()
         with self._lock:
             self._stats.requests += 1
@@ -239,7 +204,7 @@ class Emulator:
         if refused is not None:
             return refused
         if site != self.site_id:
-            return _Answer(403, _errors("SITE_ACCESS_FORBIDDEN", "You cannot access this site"))
+            return Reply(403, error_body("SITE_ACCESS_FORBIDDEN", "You cannot access this site"))
         with self._lock:
             self._in_flight += 1
             self._stats.max_concurrent = max(self._stats.max_concurrent, self._in_flight)
@@ -250,7 +215,7 @@ class Emulator:
             with self._lock:
                 fail, slow = self._chance(self.fail_rate), self._chance(self.slow_rate)
             if fail:
-                return _Answer(500, _errors("SERVER_ERROR", SERVER_ERROR_DETAIL))
+                return Reply(500, error_body("SERVER_ERROR", SERVER_ERROR_DETAIL))
             if slow:
                 self._stopping.wait(self.slow_seconds / self.speed)
             overwrite = parse_qs(url.query).get("overwrite", ["false"])[-1].lower() == "true"
@@ -262,30 +227,32 @@ class Emulator:
     def _chance(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate  # caller holds the lock
 
-    def _check_auth(self, header: str | None) -> _Answer | None:
+    def _check_auth(self, header: str | None) -> Reply | None:
         if not header:
-            return _Answer(
+            return Reply(
                 401,
-                _errors("MISSING_AUTHORIZATION_HEADER", 'The "Authorization" header is required'),
+                error_body(
+                    "MISSING_AUTHORIZATION_HEADER", 'The "Authorization" header is required'
+                ),
             )
         scheme, _, token = header.strip().partition(" ")
         if not token:
-            return _Answer(401, _errors("UNKNOWN_TOKEN_TYPE", "The token type is missing"))
+            return Reply(401, error_body("UNKNOWN_TOKEN_TYPE", "The token type is missing"))
         if scheme.lower() != "bearer":
             detail = f'The token type "{scheme}" is invalid. Expecting "Bearer" instead'
-            return _Answer(401, _errors("INVALID_TOKEN_TYPE", detail))
+            return Reply(401, error_body("INVALID_TOKEN_TYPE", detail))
         if token.strip() != self.token:
-            return _Answer(401, _errors("UNKNOWN_TOKEN", UNKNOWN_TOKEN_DETAIL))
+            return Reply(401, error_body("UNKNOWN_TOKEN", UNKNOWN_TOKEN_DETAIL))
         return None
 
-    def _admit(self) -> _Answer | None:
+    def _admit(self) -> Reply | None:
         """Apply the connection and request limits; an admitted request is counted."""
         now = time.monotonic()
         with self._lock:
             if self._in_flight > self.max_connections:
-                return _Answer(
+                return Reply(
                     429,
-                    _errors(
+                    error_body(
                         "CONNECTION_LIMIT_REACHED",
                         f"Your account is limited to {self.max_connections} simultaneous "
                         "connections",
@@ -297,9 +264,9 @@ class Emulator:
                 self._admitted.popleft()
             if len(self._admitted) >= self.requests_per_second:
                 wait = self._admitted[0] + 1.0 - now
-                return _Answer(
+                return Reply(
                     429,
-                    _errors(
+                    error_body(
                         "REQUEST_LIMIT_REACHED",
                         f"Your account is limited to {_number(self.requests_per_second)} "
                         "requests per second",
@@ -316,7 +283,7 @@ class Emulator:
             return str(max(1, math.ceil(seconds)))
         return f"{max(seconds, 0.001):.3f}"
 
-    def _bulk(self, kind: str, body: bytes, overwrite: bool) -> _Answer:
+    def _bulk(self, kind: str, body: bytes, overwrite: bool) -> Reply:
         objects: list[tuple[int, Any]] = []
         for number, raw in enumerate(body.split(b"\n"), start=1):
             if not raw.strip():
@@ -324,7 +291,7 @@ class Emulator:
             try:
                 objects.append((number, orjson.loads(raw)))
             except orjson.JSONDecodeError:
-                return _Answer(400, {**_errors("PARSE_ERROR", "Cannot parse nd-json"), "data": {}})
+                return Reply(400, {**error_body("PARSE_ERROR", "Cannot parse nd-json"), "data": {}})
         valid, groups = self._validate(kind, objects)
         self._process(len(objects))
         rejected = len(objects) - len(valid)
@@ -339,16 +306,16 @@ class Emulator:
             self._stats.rejected[kind] += rejected
         data = {"accepted_object_count": len(valid), "rejected_object_count": rejected}
         if not rejected:
-            return _Answer(202, {"data": data})
-        return _Answer(400, {"errors": [g.as_dict() for g in groups], "data": data})
+            return Reply(202, {"data": data})
+        return Reply(400, {"errors": [g.as_dict() for g in groups], "data": data})
 
     def _validate(
         self, kind: str, objects: list[tuple[int, Any]]
-    ) -> tuple[list[dict[str, Any]], list[_ErrorGroup]]:
+    ) -> tuple[list[dict[str, Any]], list[ErrorGroup]]:
         """Valid objects, and the errors of the others aggregated per (code, property)."""
         model = MODELS[kind]
         valid: list[dict[str, Any]] = []
-        groups: dict[tuple[str, str], _ErrorGroup] = {}
+        groups: dict[tuple[str, str], ErrorGroup] = {}
         for number, obj in objects:
             try:
                 model.model_validate(obj)
@@ -360,7 +327,7 @@ class Emulator:
                     if key in seen:  # one object counts once per error type
                         continue
                     seen.add(key)
-                    group = groups.get(key) or groups.setdefault(key, _new_group(*key, err))
+                    group = groups.get(key) or groups.setdefault(key, new_group(*key, err))
                     group.count += 1
                     if len(group.lines) < self.max_examples:
                         group.lines.append(number)
@@ -384,100 +351,6 @@ class Emulator:
             self._stats.status_counts[status] += 1
 
 
-def _new_group(code: str, prop: str, err: Any) -> _ErrorGroup:
-    """An error group with the documented wording for its code."""
-    if code == "MISSING_REQUIRED_PROPERTY":  # documented without meta.property
-        return _ErrorGroup(code, f"should have required property '{prop}'\n", None)
-    if prop == "(object)":
-        return _ErrorGroup(code, err["msg"], prop)
-    if code == "INVALID_PROPERTY_TYPE":
-        words = _TYPE_WORDS.get(err["type"], "of the expected type")
-        return _ErrorGroup(code, f'"{prop}" property is not {words}', prop)
-    return _ErrorGroup(code, f'"{prop}" property has an invalid format: {err["msg"]}', prop)
-
-
-# -- HTTP plumbing ----------------------------------------------------------------------
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    emulator: Emulator
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def close_connections(self) -> None:
-        """Cut kept-alive connections so their threads end with the server."""
-        with self.connections_lock:
-            for conn in list(self.connections):
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("emulator: connection from %s ended with an error", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as clients pool connections
-    server_version = "csvbridge-emulator"
-    timeout = 60  # an idle kept-alive connection is closed after this
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        super().finish()
-
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
-        if urlsplit(self.path).path == "/healthz":
-            self._send(_Answer(200, {"status": "ok"}))
-        else:
-            self._send(_Answer(404, _errors("NOT_FOUND", f"No route for GET {self.path}")))
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self._read_body()
-        answer = self.server.emulator.answer_post(self.path, self.headers, body)
-        if answer is None:  # fault injection: hang up before accepting anything
-            self.close_connection = True
-            return
-        self._send(answer)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _send(self, answer: _Answer) -> None:
-        data = orjson.dumps(answer.body)
-        self.server.emulator._count_status(answer.status)
-        self.send_response(answer.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("emulator: " + format, *args)
-
-
 # -- command line -------------------------------------------------------------------------
 
 
@@ -491,7 +364,11 @@ def run_emulator(
     drop_rate: float = 0.0,
     slow_rate: float = 0.0,
 ) -> int:
-    """Serve until SIGINT/SIGTERM (``csvbridge emulator``); prints where to point csvbridge."""
+    """Serve until SIGINT/SIGTERM (``csvbridge emulator``); prints where to point csvbridge.
+
+    Raises `ConfigError` (no traceback: the CLI prints it, exit 2) when it cannot listen,
+    e.g. the port is already in use.
+    """
     emulator = Emulator(
         host,
         port,
@@ -528,88 +405,3 @@ def run_emulator(
         flush=True,
     )
     return 0
-
-
-# -- sample data --------------------------------------------------------------------------
-
-_CATALOG = (
-    ("MUG-001", "Mug Commanders Act", "Home", "Kitchen", 10.0, "Commanders Act"),
-    ("TEE-042", "Organic cotton T-shirt", "Clothing", "Tops", 24.9, "Fairwear"),
-    ("BAG-007", "Canvas tote bag", "Accessories", "Bags", 15.5, "Fairwear"),
-    ("LMP-310", "Desk lamp LED", "Home", "Lighting", 39.0, "Lumen"),
-    ("BTL-120", "Insulated bottle 500 ml", "Outdoor", "Hydration", 19.9, "Trail"),
-    ("NTB-005", "Dotted notebook A5", "Office", "Paper", 7.5, "Paperco"),
-    ("HDP-900", "Wireless headphones", "Electronics", "Audio", 89.0, "Sonique"),
-    ("SCK-011", "Merino socks (2 pairs)", "Clothing", "Socks", 18.0, "Trail"),
-)
-_STATUSES = ("in_progress", "shipped", "delivered", "partially_shipped", "pending_shipment")
-_PAYMENTS = ("card", "online_payment_system", "by_invoice", "coupon")
-_CITIES = (("Paris", "75009", "Ile-de-France"), ("Lyon", "69002", "Auvergne-Rhone-Alpes"))
-
-
-def sample_conversion(n: int, rng: random.Random | None = None) -> dict[str, Any]:
-    """A realistic, valid conversion (1-4 items) for demos, tests and the benchmark."""
-    rng = rng or random.Random(n)
-    order_id = f"ORD-{n:07d}"
-    items = []
-    for k, (sku, name, cat1, cat2, price, brand) in enumerate(
-        rng.sample(_CATALOG, rng.randint(1, 4)), start=1
-    ):
-        qty = float(rng.randint(1, 3))
-        items.append(
-            {
-                "id": f"{order_id}-{k}",
-                "original_quantity": qty,
-                "final_quantity": qty,
-                "price": price,
-                "original_amount": round(qty * price, 2),
-                "final_amount": round(qty * price, 2),
-                "product": {
-                    "id": sku,
-                    "name": name,
-                    "category_1": cat1,
-                    "category_2": cat2,
-                    "price": price,
-                    "currency": "EUR",
-                    "brand": brand,
-                },
-            }
-        )
-    subtotal = round(sum(i["final_amount"] for i in items), 2)
-    shipping = 0.0 if subtotal >= 50 else 4.9
-    city, postal_code, region = rng.choice(_CITIES)
-    created = datetime(2024, 3, 1, 9, tzinfo=timezone(timedelta(hours=1))) + timedelta(
-        minutes=7 * n
-    )
-    return {
-        "id": order_id,
-        "user": {"email": f"customer{n % 9973}@example.com"},
-        "type": "online",
-        "status": rng.choice(_STATUSES),
-        "created": format_date(created),
-        "currency": "EUR",
-        "payment_method": rng.choice(_PAYMENTS),
-        "billing_address": {
-            "country": "France",
-            "iso_country_code": "FR",
-            "locality": city,
-            "postal_code": postal_code,
-            "region": region,
-        },
-        "original_amount": round(subtotal + shipping, 2),
-        "shipping_amount": shipping,
-        "tax_amount": round(subtotal / 6, 2),
-        "final_amount": round(subtotal + shipping, 2),
-        "conversion_items": items,
-    }
-
-
-def sample_records(n: int, *, seed: int = 0, first: int = 0) -> Iterator[Record]:
-    """`n` valid conversions as Records, with CSV line numbers as one item per row."""
-    rng = random.Random(seed)
-    line = 2  # line 1 is the header
-    for i in range(first, first + n):
-        conversion = sample_conversion(i, rng)
-        rows = len(conversion["conversion_items"])
-        yield Record(conversion["id"], orjson.dumps(conversion), tuple(range(line, line + rows)))
-        line += rows

@@ -1,0 +1,117 @@
+"""Before and while shipping: the dry-run plan and the progress line.
+
+Both only describe; nothing here sends anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from csvbridge.config import ApiSettings, Kind
+from csvbridge.ship.client import endpoint, resolve_kind
+from csvbridge.ship.pacer import choose_batch_size
+from csvbridge.ship.results import Endpoint
+
+log = logging.getLogger("csvbridge.api")
+
+PROGRESS_LOG_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a shipment of `objects` would go at the documented rates, without sending."""
+
+    objects: int
+    batches: int
+    batch_size: int
+    requests: int
+    seconds_estimate: float
+    objects_per_second: float
+    endpoint: Endpoint
+
+    def describe(self) -> str:
+        """What ``--dry-run`` prints: where it would go, and how long it would take."""
+        where = f"would {self.endpoint.describe()}"
+        if not self.objects:
+            return f"nothing to ship ({where})"
+        return (
+            f"{where}: {self.objects} objects in {self.requests} requests of up to "
+            f"{self.batch_size}; at {self.objects_per_second:g} objects/s this takes about "
+            f"{format_duration(self.seconds_estimate)}"
+        )
+
+
+def plan(
+    n_objects: int,
+    settings: ApiSettings,
+    kind: Kind = "conversions",
+    *,
+    products_from_conversions: bool = False,
+) -> Plan:
+    """The dry-run figures for shipping `n_objects` of `kind` with `settings`."""
+    size = choose_batch_size(settings)
+    batches = math.ceil(n_objects / size) if n_objects > 0 else 0
+    limits = settings.limits
+    seconds = max(n_objects / limits.objects_per_second, batches / limits.requests_per_second)
+    target = endpoint(
+        settings, resolve_kind(kind, products_from_conversions=products_from_conversions)
+    )
+    return Plan(
+        objects=n_objects,
+        batches=batches,
+        batch_size=size,
+        requests=batches,
+        seconds_estimate=seconds,
+        objects_per_second=limits.objects_per_second,
+        endpoint=target,
+    )
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 20 s``, ``2 h 05 min``."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class Progress:
+    """``shipped X/Y objects, N obj/s, ETA ...``: in place on a terminal, else a log line
+    every ~10 s.  Without a known total there is no ETA."""
+
+    def __init__(self, total: int | None, *, tty: bool, stream: TextIO | None = None) -> None:
+        self.total, self.tty = total, tty
+        self.stream = stream or sys.stderr
+        self.started = self._last = time.monotonic()
+        self._drawn = False
+
+    def line(self, done: int) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        text = f"shipped {done}" + (f"/{self.total}" if self.total is not None else "")
+        text += f" objects, {rate:.0f} obj/s"
+        if self.total is not None and rate > 0 and done < self.total:
+            text += f", ETA {format_duration((self.total - done) / rate)}"
+        return text
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if self.tty and (now - self._last >= 0.2 or done == self.total):
+            self.stream.write("\r" + self.line(done) + "\x1b[K")
+            self.stream.flush()
+            self._last, self._drawn = now, True
+        elif not self.tty and now - self._last >= PROGRESS_LOG_SECONDS:
+            log.info("%s", self.line(done))
+            self._last = now
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
