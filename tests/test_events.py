@@ -19,7 +19,7 @@ from csvbridge.convert.fold import Record
 from csvbridge.errors import AuthError
 from csvbridge.ship.events import EventsSettings, pack, send_events
 from csvbridge.ship.purchase import to_purchase
-from csvbridge.testing.emulator import sample_records
+from csvbridge.testing.sample_objects import sample_records
 from csvbridge.testing.tracking import TrackingStandIn
 from tests.helpers import kill9, wait_until
 
@@ -335,7 +335,7 @@ SENDER = """
 import os, sys
 from pathlib import Path
 from csvbridge.ship.events import EventsSettings, send_events
-from csvbridge.testing.emulator import sample_records
+from csvbridge.testing.sample_objects import sample_records
 
 url, ledger, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 done = set(ledger.read_text().split()) if ledger.exists() else set()
