@@ -26,13 +26,19 @@ class TerminalError(CsvBridgeError):
     """Retrying will not help: a person has to change something."""
 
 
+class StopsRun(CsvBridgeError):
+    """Marker base: this error stops the whole run (every source), because the fix is in
+    the configuration shared by all of them (API token, site id, API URL, mapping), not
+    in one file or one drop.  Mixed into the errors that do; catch it as one class."""
+
+
 class TransientError(CsvBridgeError):
     """May succeed if tried again later."""
 
     exit_code = 3
 
 
-class ConfigError(TerminalError):
+class ConfigError(StopsRun, TerminalError):
     """The configuration (file, environment or command line) is unusable."""
 
 
@@ -66,8 +72,14 @@ class ApiTransientError(ApiError, TransientError):
         self.retry_after = retry_after
 
 
-class ApiTerminalError(ApiError, TerminalError):
-    """400 that is not a partial acceptance, 404, 405...: not retried."""
+class ApiTerminalError(StopsRun, ApiError, TerminalError):
+    """400 that is not a partial acceptance, 404, 405...: not retried; the API itself is
+    unusable as configured, so the run stops.
+
+    ``result`` is what the shipment had done when it stopped (a ``ShipResult``), when the
+    error ends a shipment: the caller counts what was not shipped from it."""
+
+    result: object | None = None
 
 
 class AuthError(ApiTerminalError):
@@ -84,7 +96,5 @@ class HostKeyError(TerminalError):
     """An SFTP server's host key is unknown or does not match the pinned one."""
 
 
-class LockedError(CsvBridgeError):
-    """Another csvbridge pass holds the lock."""
-
-    exit_code = 3
+class LockedError(TransientError):
+    """Another csvbridge pass holds the lock: the next cron pass will find it free."""

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from csvbridge.config import Settings
-from csvbridge.drops.runner import watch
+from csvbridge.drops.daemon import watch
 from csvbridge.testing.emulator import Emulator
 from tests.plugins.servers import FTPTestServer
 from tests.test_runner import (
@@ -220,6 +220,6 @@ def test_sigterm_stops_cleanly_mid_shipment_and_the_next_start_resumes(
 
     assert_received_exactly(emu, ids)  # the rest, and nothing twice
     report = read_report(drop / "done" / "big.csv.report.json")
-    assert report["outputs"]["shipped_by_earlier_attempts"] == str(len(recorded))
+    assert report["conversions"]["shipped_by_earlier_attempts"] == len(recorded)
     (entry,) = ledger_files(settings).values()
     assert entry.status == "done" and entry.attempts == 2
