@@ -414,6 +414,7 @@ class RefusingFTPServer(FTPTestServer):
     def __init__(self, root: Path) -> None:
         self.read_only = False
         self.unreadable: set[str] = set()
+        self.no_moves_into: str | None = None  # a stage folder renames into are refused
         super().__init__(root)
 
     def _make_handler(self, tls_files: Any) -> Any:
@@ -432,6 +433,13 @@ class RefusingFTPServer(FTPTestServer):
                     self.respond("550 RNFR command failed.")
                     return None
                 return super().ftp_RNFR(path)
+
+            def ftp_RNTO(self, path: str) -> Any:
+                if ctl.no_moves_into and f"/{ctl.no_moves_into}/" in path:
+                    self._rnfr = None
+                    self.respond("550 Rename failed.")
+                    return None
+                return super().ftp_RNTO(path)
 
             def ftp_RETR(self, file: str, *args: Any) -> Any:
                 if os.path.basename(file) in ctl.unreadable:
@@ -502,6 +510,35 @@ def test_ftp_file_that_cannot_be_opened_waits_for_a_retry(
     assert run_once(settings).exit_code == 0
     assert listing(refusing_ftp.root)["done"] == ["locked.csv", "locked.csv.report.json"]
     assert_received_exactly(emu, ids)
+
+
+def test_a_file_whose_move_failed_after_its_report_is_filed_without_a_second_report(
+    tmp_path: Path, emu: Emulator, refusing_ftp: RefusingFTPServer
+) -> None:
+    """Report written, ledger row closed, then the move into done/ refused: the file waits
+    in processing/, and the next pass only moves it next to its report: nothing is sent
+    again and no second, contradicting report appears."""
+    ids, _ = write_export(refusing_ftp.root / "orders.csv", 3)
+    refusing_ftp.no_moves_into = "done"
+    settings = make_settings(tmp_path, emu, server_source(refusing_ftp, "ftp"))
+
+    summary = run_once(settings)
+
+    assert summary.exit_code == 3, summary.describe()
+    assert "550 Rename failed" in (summary.files[0].reason or "")
+    assert listing(refusing_ftp.root)["processing"] == ["orders.csv"]
+    assert listing(refusing_ftp.root)["done"] == ["orders.csv.report.json"]
+    (entry,) = ledger_files(settings).values()
+    assert entry.status is FileState.DONE
+
+    refusing_ftp.no_moves_into = None
+    summary = run_once(settings)
+    assert summary.exit_code == 0, summary.describe()
+    assert listing(refusing_ftp.root)["done"] == ["orders.csv", "orders.csv.report.json"]
+    assert listing(refusing_ftp.root)["processing"] == []
+    assert_received_exactly(emu, ids)
+    (entry,) = ledger_files(settings).values()
+    assert entry.status is FileState.DONE and entry.attempts == 1
 
 
 # --------------------------------------------------------------------------- the log line
