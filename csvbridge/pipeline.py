@@ -29,7 +29,7 @@ from csvbridge.errors import (
     StopsRun,
     TransientError,
 )
-from csvbridge.files import move_into_place, write_bytes
+from csvbridge.files import move_into_place, open_private, write_bytes
 from csvbridge.report import FileState, Problem, Report
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class _Tally:
 
     def rejected(self, pairs: list[tuple[Record, list[Problem]]]) -> None:
         r = self.report
-        with open(self.rejected_out, "a", encoding="utf-8") as f:
+        with open_private(self.rejected_out, "a", encoding="utf-8") as f:
             for record, problems in pairs:
                 r.objects_rejected_by_api += 1
                 r.rows_rejected_by_api += len(record.lines)

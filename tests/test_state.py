@@ -466,3 +466,31 @@ def test_pass_lock_is_free_after_holder_is_killed_with_9(tmp_path: Path) -> None
         proc.stdout.close()  # type: ignore[union-attr]
     with PassLock(path):
         assert f"pid={os.getpid()} " in path.read_text()
+
+
+# -- claims ------------------------------------------------------------------------
+
+
+def test_a_claim_is_ours_until_its_owner_is_gone(tmp_path: Path) -> None:
+    from csvbridge.drops.lock import Owner, _current, me
+
+    proc = run_child("import time; time.sleep(60)")
+    try:
+        other = _current(proc.pid)
+        with Ledger(tmp_path / "ledger.sqlite") as ledger:
+            assert ledger.claim("shop", "processing/a.csv", other) is None  # theirs now
+            assert ledger.claim("shop", "processing/a.csv") == other  # alive: refused
+            assert ledger.claim("shop", "processing/a.csv", other) is None  # still theirs
+            kill9(proc)
+            assert ledger.claim("shop", "processing/a.csv") is None  # gone: taken over
+            assert ledger.claim("shop", "processing/a.csv", other) == me()  # ours now
+            ledger.release("shop", "processing/a.csv")
+            assert ledger.claim("shop", "processing/a.csv", other) is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # another host cannot be checked from here: its claims are respected
+    stranger = Owner("elsewhere.example", "boot", 1, "1")
+    assert stranger.alive()
+    assert Owner.parse(stranger.token) == stranger and Owner.parse("garbage") is None

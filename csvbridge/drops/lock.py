@@ -42,7 +42,10 @@ def _start_ticks(pid: int) -> str | None:
     except OSError:
         return "?"
     # the command name (field 2) may hold spaces and parentheses: split after the last ")"
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # a zombie is dead, just not reaped yet
+        return None
+    return fields[19]
 
 
 @dataclass(frozen=True, slots=True)
