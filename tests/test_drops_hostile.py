@@ -32,7 +32,7 @@ from csvbridge.errors import ConfigError
 from csvbridge.report import FileState
 from csvbridge.testing.emulator import Emulator
 from tests.helpers import wait_until
-from tests.plugins.servers import FTPTestServer
+from tests.plugins.servers import PASSWORD, FTPTestServer, SFTPTestServer
 from tests.test_runner import (
     TOKEN,
     assert_received_exactly,
@@ -479,8 +479,10 @@ def test_ftp_drop_refusing_writes_is_an_error_of_that_source(
     finally:
         runner.close()
     assert summary.exit_code == 3, summary.describe()
-    assert "550 Create directory operation failed" in (summary.sources[0].error or "")
-    assert runner.metrics.get("errors_total", source="ftp", kind="PermissionError") == 1
+    error = summary.sources[0].error or ""
+    assert "cannot create the stage folder" in error, error
+    assert "550 Create directory operation failed" in error, error
+    assert runner.metrics.get("errors_total", source="ftp", kind="StageFolderError") == 1
     assert sorted(p.name for p in refusing_ftp.root.iterdir()) == ["remote.csv"]
     assert listing(good)["done"] == ["orders.csv", "orders.csv.report.json"]
     assert_received_exactly(emu, ids)
@@ -539,6 +541,43 @@ def test_a_file_whose_move_failed_after_its_report_is_filed_without_a_second_rep
     assert_received_exactly(emu, ids)
     (entry,) = ledger_files(settings).values()
     assert entry.status is FileState.DONE and entry.attempts == 1
+
+
+@pytest.mark.parametrize("protocol", ["ftp", "sftp"])
+def test_remote_drop_on_a_read_only_disk_is_an_error_of_that_source(
+    tmp_path: Path, emu: Emulator, caplog: pytest.LogCaptureFixture, protocol: str
+) -> None:
+    """Like OpenSSH's root-owned chroot or a vsftpd without write_enable: the server
+    lists the drop but refuses to create the stage folders."""
+    good = tmp_path / "good"
+    good.mkdir()
+    ids, _ = write_export(good / "orders.csv", 2, first=70)
+    with tmpfs(tmp_path / "ro-home", "4m") as home:
+        write_export(home / "remote.csv", 2)
+        remount(home, "ro")
+        server: FTPTestServer | SFTPTestServer
+        if protocol == "ftp":
+            server = FTPTestServer(home)
+        else:
+            server = SFTPTestServer(home, tmp_path / "ssh")
+        server.start()
+        try:
+            settings = make_settings(
+                tmp_path, emu, server_source(server, "remote"), local_source(good, name="good")
+            )
+            summary = run_once(settings)
+        finally:
+            server.shutdown() if isinstance(server, SFTPTestServer) else server.stop()
+        assert summary.exit_code == 3, summary.describe()
+        error = summary.sources[0].error or ""
+        assert "cannot create the stage folder 'processing'" in error, error
+        if protocol == "ftp":  # (the SFTP backend reports the stat that follows: ENOENT)
+            assert "Read-only file system" in error, error
+        assert sorted(p.name for p in home.iterdir()) == ["remote.csv"]
+    assert listing(good)["done"] == ["orders.csv", "orders.csv.report.json"]
+    assert_received_exactly(emu, ids)
+    assert PASSWORD not in caplog.text
+    no_traceback(caplog)
 
 
 # --------------------------------------------------------------------------- the log line

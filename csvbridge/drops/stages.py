@@ -181,7 +181,13 @@ class Stages:
             entry = entries.get(posixpath.basename(folder))
             kind = _local_kind(fs, folder)
             if entry is None and kind in (None, "missing"):
-                fs.mkdir(folder)
+                try:
+                    fs.mkdir(folder)
+                except OSError as exc:  # read-only disk, root-owned chroot, 550...
+                    why = exc.strerror or str(exc)
+                    raise StageFolderError(
+                        f"cannot create the stage folder {folder!r}: {why}", url=fs.url
+                    ) from None
                 continue
             if entry is None or not entry.is_dir or kind not in (None, "folder"):
                 what = kind or "not a folder"
