@@ -195,8 +195,9 @@ class Report:
                 "shipped": self.objects_shipped,
                 "rejected_by_api": self.objects_rejected_by_api,
                 "not_shipped": self.objects_not_shipped,
-                "shipped_by_earlier_attempts": self.shipped_by_earlier_attempts,
             },
+            # of the shipped objects, those an earlier interrupted attempt delivered
+            "shipped_by_earlier_attempts": self.shipped_by_earlier_attempts,
             "duplicate_of": self.duplicate_of,
             "accounted": self.accounted,
             "dialect": self.dialect,

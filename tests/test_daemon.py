@@ -220,6 +220,6 @@ def test_sigterm_stops_cleanly_mid_shipment_and_the_next_start_resumes(
 
     assert_received_exactly(emu, ids)  # the rest, and nothing twice
     report = read_report(drop / "done" / "big.csv.report.json")
-    assert report["conversions"]["shipped_by_earlier_attempts"] == len(recorded)
+    assert report["shipped_by_earlier_attempts"] == len(recorded)
     (entry,) = ledger_files(settings).values()
     assert entry.status == "done" and entry.attempts == 2
