@@ -154,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from csvbridge.drops.runner import watch
+    from csvbridge.drops.daemon import watch
 
     settings = load_settings(args.config)
     if args.metrics_port is not None:

@@ -132,7 +132,9 @@ class SourceSettings(_Section):
     # FTP: the zone of the server's file times: "auto" measures it with a probe file,
     # "UTC" (the standard), or an IANA name ("Europe/Paris") for vsftpd use_localtime
     server_timezone: str = "auto"
-    create_missing: bool = False  # local drops: create the folder instead of an error
+    # a missing local drop folder is an error of the source (a misspelt path must not
+    # become an empty folder every pass reports as "0 files") unless this says create it
+    create_missing: bool = False
     include: list[str] = ["*.csv", "*.csv.gz"]
     exclude: list[str] = []
     min_age_seconds: float = 10
@@ -273,11 +275,26 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     settings.state.work_dir = fix(settings.state.work_dir)  # type: ignore[assignment]
     settings.state.lock_file = fix(settings.state.lock_file)  # type: ignore[assignment]
     for src in settings.sources:
+        src.url = _local_url(src.url, base)
         src.convert.mapping = fix(src.convert.mapping)
         src.private_key = fix(src.private_key)
         src.known_hosts = fix(src.known_hosts)
         src.ca_file = fix(src.ca_file)
+    settings.feed.target = _local_url(settings.feed.target, base)
     settings.feed.private_key = fix(settings.feed.private_key)
     settings.feed.known_hosts = fix(settings.feed.known_hosts)
     settings.feed.ca_file = fix(settings.feed.ca_file)
     return settings
+
+
+def _local_url(url: str, base: Path) -> str:
+    """A relative local location (``drop``, ``./feeds``, ``file://./feeds``) made absolute
+    against `base`, the config file's folder, so cron's working directory does not
+    matter; absolute paths and remote URLs are returned unchanged."""
+    if "://" not in url:
+        path = Path(url).expanduser()
+        return str(path if path.is_absolute() else base / path)
+    scheme, rest = url.split("://", 1)
+    if scheme.lower() == "file" and rest.startswith("."):  # file://./feeds, file://../x
+        return (base / rest).as_uri()
+    return url

@@ -82,9 +82,9 @@ def run_demo(base: Path | None = None, out=sys.stdout) -> int:  # type: ignore[n
     for src in summary.sources:
         for f in src.files:
             print(
-                f"  {src.name}/{f['file']}: {f['status']} -> {f.get('moved_to')}; "
-                f"{f.get('rows', 0)} rows, {f.get('shipped', 0)} shipped, "
-                f"{f.get('rejected', 0)} rejected",
+                f"  {src.name}/{f.file}: {f.state.value} -> {f.moved_to}; "
+                f"{f.rows} rows, {f.shipped} shipped, "
+                f"{f.rejected} rejected",
                 file=out,
             )
     accepted = stats.accepted.get("conversions", 0)
@@ -94,7 +94,7 @@ def run_demo(base: Path | None = None, out=sys.stdout) -> int:  # type: ignore[n
     for folder in sorted(p for p in root.glob("drop*/*") if p.is_dir()):
         for f in sorted(folder.iterdir()):
             print(f"  {f}", file=out)
-    shipped = sum(f.get("shipped", 0) for s in summary.sources for f in s.files)
+    shipped = sum(f.shipped for f in summary.files)
     ok = summary.fatal is None and shipped == accepted and shipped > 0
     print("demo finished: " + ("OK" if ok else "something went wrong"), file=out)
     return 0 if ok else 1

@@ -39,12 +39,14 @@ class CsvBridgeError(Exception):
         self.message = message
 
 
-class StopsRun:
-    """Marker: after this error a pass stops taking files (every next one would fail too)."""
-
-
 class TerminalError(CsvBridgeError):
     """Retrying will not help: a person has to change something."""
+
+
+class StopsRun(CsvBridgeError):
+    """Marker base: this error stops the whole run (every source), because the fix is in
+    the configuration shared by all of them (API token, site id, API URL, mapping), not
+    in one file or one drop.  Mixed into the errors that do; catch it as one class."""
 
 
 class TransientError(CsvBridgeError):

@@ -22,27 +22,58 @@ from pathlib import Path
 from csvbridge.config import ConvertSettings, Settings
 from csvbridge.convert.engine import Converted, convert, read_records, write_rejects
 from csvbridge.convert.fold import Record
-from csvbridge.errors import ApiTerminalError, InputError
-from csvbridge.report import Problem, Report
+from csvbridge.errors import (
+    ApiTerminalError,
+    CsvBridgeError,
+    InputError,
+    StopsRun,
+    TransientError,
+)
+from csvbridge.files import move_into_place, open_private, write_bytes
+from csvbridge.report import FileState, Problem, Report
 
 log = logging.getLogger(__name__)
 
 
+class FeedUnavailable(TransientError):
+    """The feed could not be uploaded (server refused the write, went away, disk full).
+
+    The environment's fault, not the file's: the file is kept for a retry."""
+
+
 @dataclass
 class Outcome:
-    """What happened to one file, and where its artefacts are (local paths)."""
+    """What happened to one file, and where its artefacts are (local paths).
+
+    ``state`` is DONE, FAILED (rows rejected or file unusable) or PROCESSING (not every
+    valid object shipped yet: to be resumed)."""
 
     report: Report
-    status: str  # "done" | "failed" | "incomplete" (not everything shipped yet)
+    state: FileState
     rejects: Path | None = None
 
     @property
     def exit_code(self) -> int:
         if self.report.fatal:
             return 2
-        if self.status == "incomplete":
+        if self.state is FileState.PROCESSING:
             return 3
-        return 1 if self.status == "failed" else 0
+        return 1 if self.state is FileState.FAILED else 0
+
+    @property
+    def reason(self) -> str | None:
+        """Why the file failed, in one line: the fatal error or the first error's code
+        and detail (what an operator reads in the pass log)."""
+        if self.report.fatal:
+            return self.report.fatal
+        errors = self.report.problems.errors
+        if errors:
+            first = errors[0]
+            column = first["meta"].get("column") or first["meta"].get("property")
+            where = f" ({column})" if column else ""
+            more = f" (+{len(errors) - 1} more kinds)" if len(errors) > 1 else ""
+            return f"{first['code']}{where}: {first['detail']}{more}"
+        return None
 
 
 class _Tally:
@@ -59,7 +90,7 @@ class _Tally:
 
     def rejected(self, pairs: list[tuple[Record, list[Problem]]]) -> None:
         r = self.report
-        with open(self.rejected_out, "a", encoding="utf-8") as f:
+        with open_private(self.rejected_out, "a", encoding="utf-8") as f:
             for record, problems in pairs:
                 r.objects_rejected_by_api += 1
                 r.rows_rejected_by_api += len(record.lines)
@@ -106,11 +137,11 @@ def process_file(
         )
     except InputError as exc:
         report = Report(file=name or path.name, kind=kind, fatal=exc.message)
-        return Outcome(report, "failed")
+        return Outcome(report, FileState.FAILED)
     report = done.report
     if dry_run:
         _plan(report, settings, sinks)
-        return Outcome(report, "failed" if report.objects_rejected else "done")
+        return Outcome(report, FileState.FAILED if report.objects_rejected else FileState.DONE)
     if "feed" in sinks:
         _feed(done, settings, report)
     incomplete = False
@@ -126,12 +157,12 @@ def process_file(
         rejects = work / "rejects.csv"
         write_rejects(done, path, rejects)
     if incomplete:
-        status = "incomplete"
+        state = FileState.PROCESSING
     elif report.objects_rejected or report.objects_rejected_by_api:
-        status = "failed"
+        state = FileState.FAILED
     else:
-        status = "done"
-    return Outcome(report, status, rejects)
+        state = FileState.DONE
+    return Outcome(report, state, rejects)
 
 
 def _plan(report: Report, settings: Settings, sinks: list[str]) -> None:
@@ -158,7 +189,12 @@ def _feed(done: Converted, settings: Settings, report: Report) -> None:
                 yield orjson.loads(line)
 
     stats = write_feed(objects(), local, report.kind, gzip=fs.gzip)  # type: ignore[arg-type]
-    remote = deliver_feed(local, fs, rows=stats.rows)
+    try:
+        remote = deliver_feed(local, fs, rows=stats.rows)
+    except (TransientError, StopsRun):
+        raise
+    except (CsvBridgeError, OSError) as exc:  # 553 refused, 550 permission, disk full...
+        raise FeedUnavailable(f"feed upload failed: {exc}", target=fs.target) from None
     report.outputs["feed"] = (
         f"{fs.target.rstrip('/')}/{remote}" if remote else "(empty: not uploaded)"
     )
@@ -175,7 +211,7 @@ def _ship(
     on_accepted: Callable[[int, list[str], list[str]], None] | None,
 ) -> bool:
     """Ship the valid objects; True when some were not shipped (retry later)."""
-    from csvbridge.ship.bulk import BatchOutcome, ship
+    from csvbridge.ship.bulk import BatchOutcome, ShipResult, ship
 
     rejected_tsv = done.rejected
     tally = _Tally(report, rejected_tsv)
@@ -209,8 +245,8 @@ def _ship(
             total=report.objects_valid - len(accepted_before),
         )
     except ApiTerminalError as exc:  # 401/403/404...: count what was not shipped, re-raise
-        result = getattr(exc, "result", None)
-        _not_shipped(report, result.not_shipped if result else [])
+        stopped = exc.result if isinstance(exc.result, ShipResult) else None
+        _not_shipped(report, stopped.not_shipped if stopped else [])
         raise
     _not_shipped(report, result.not_shipped)
     report.outputs["shipment"] = result.summary()
@@ -262,9 +298,9 @@ def send_file(
             dry_run=dry_run,
         )
         if rejects_path is not None and outcome.rejects is not None:
-            shutil.copyfile(outcome.rejects, rejects_path)
+            move_into_place(outcome.rejects, rejects_path)  # private; never replaces a device
             outcome.report.outputs["rejects"] = str(rejects_path)
     outcome.report.outputs["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     if report_path is not None:
-        Path(report_path).write_bytes(outcome.report.to_json())
+        write_bytes(report_path, outcome.report.to_json())
     return outcome

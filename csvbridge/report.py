@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, TextIO
 
 import orjson
@@ -18,6 +19,22 @@ import orjson
 MAX_LINES_LISTED = 1000  # per aggregated problem; error_count stays exact
 MAX_IDS_LISTED = 100
 MAX_VALUES_LISTED = 10
+
+
+class FileState(StrEnum):
+    """The one vocabulary for where a file stands, shared by the pipeline, the ledger,
+    the drop runner and its summaries (the values are what the ledger stores)."""
+
+    PROCESSING = "processing"  # claimed, not finished (not all shipped yet): resumed later
+    DONE = "done"  # every valid object delivered; filed in done/ (or deleted)
+    FAILED = "failed"  # rows rejected, or the file unusable: filed in failed/ with reasons
+    DUPLICATE = "duplicate"  # same content already done: filed in done/, not sent again
+    SKIPPED = "skipped"  # not taken (claimed elsewhere, unsafe name): left where it is
+
+    @property
+    def finished(self) -> bool:
+        """True when the file left processing/ for good."""
+        return self in (FileState.DONE, FileState.FAILED, FileState.DUPLICATE)
 
 
 @dataclass(slots=True)
@@ -144,6 +161,9 @@ class Report:
     rows_shipped: int = 0
     rows_rejected_by_api: int = 0
     rows_not_shipped: int = 0
+    # objects of objects_shipped that an earlier, interrupted attempt already delivered
+    shipped_by_earlier_attempts: int = 0
+    duplicate_of: str | None = None  # same content already processed: "source/name (#id)"
     duration_seconds: float = 0.0
     dialect: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
@@ -176,6 +196,9 @@ class Report:
                 "rejected_by_api": self.objects_rejected_by_api,
                 "not_shipped": self.objects_not_shipped,
             },
+            # of the shipped objects, those an earlier interrupted attempt delivered
+            "shipped_by_earlier_attempts": self.shipped_by_earlier_attempts,
+            "duplicate_of": self.duplicate_of,
             "accounted": self.accounted,
             "dialect": self.dialect,
             "outputs": self.outputs,

@@ -43,7 +43,7 @@ def test_products_ship_to_products_bulk(emulator, tmp_path: Path) -> None:
     emu = emulator()
     settings = Settings(api=settings_for(emu))
     outcome = send_file(PRODUCTS, settings, kind="products", sinks=["api"])
-    assert outcome.status == "done"
+    assert outcome.state == "done"
     assert outcome.report.objects_shipped == 5
     assert set(emu.store["products"]) == {f"SKU-{i:04d}" for i in range(1, 6)}
     assert emu.stats.accepted.get("conversions", 0) == 0
@@ -105,5 +105,5 @@ def test_send_to_a_feed_sink_uploads_atomically_to_a_folder(tmp_path: Path) -> N
     with files[0].open(encoding="utf-8", newline="") as f:
         ids = {row["id"] for row in csv.DictReader(f)}
     assert len(ids) == outcome.report.objects_valid == outcome.report.objects_shipped
-    assert outcome.status == "failed"  # the demo file holds two invalid conversions
+    assert outcome.state == "failed"  # the demo file holds two invalid conversions
     assert outcome.rejects is not None

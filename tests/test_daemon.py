@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from csvbridge.config import Settings
-from csvbridge.drops.runner import watch
+from csvbridge.drops.daemon import watch
 from csvbridge.testing.emulator import Emulator
 from tests.plugins.servers import FTPTestServer
 from tests.test_runner import (
@@ -220,6 +220,36 @@ def test_sigterm_stops_cleanly_mid_shipment_and_the_next_start_resumes(
 
     assert_received_exactly(emu, ids)  # the rest, and nothing twice
     report = read_report(drop / "done" / "big.csv.report.json")
-    assert report["outputs"]["shipped_by_earlier_attempts"] == str(len(recorded))
+    assert report["shipped_by_earlier_attempts"] == len(recorded)
     (entry,) = ledger_files(settings).values()
     assert entry.status == "done" and entry.attempts == 2
+
+
+def test_healthz_names_a_source_whose_stage_folder_is_a_file_and_others_go_on(
+    tmp_path: Path, emu: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    bad.mkdir()
+    good.mkdir()
+    (bad / "processing").write_text("not a folder\n")
+    settings = make_settings(
+        tmp_path,
+        emu,
+        local_source(bad, name="bad", poll_interval_seconds=0.2),
+        local_source(good, name="good", poll_interval_seconds=60),
+    )
+    settings.metrics.port = 0
+    with daemon(settings, caplog) as d:
+        status, body = wait_until(
+            lambda: (r := get(d["url"] + "/healthz"))[0] == 503 and r, what="503"
+        )
+        assert "bad: stage folder 'processing' is a regular file" in json.loads(body)["last_error"]
+        ids, _ = write_export(good / "orders.csv", 2)
+        wait_until(lambda: "orders.csv" in listing(good)["done"], what="the good source")
+        _, text = get(d["url"] + "/metrics")
+        assert metric(text, "errors_total", source="bad", kind="StageFolderError") >= 1
+
+        (bad / "processing").unlink()  # fixed: healthy again
+        wait_until(lambda: get(d["url"] + "/healthz")[0] == 200, what="healthy again")
+    assert_received_exactly(emu, ids)
+    assert "Traceback" not in caplog.text

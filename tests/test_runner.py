@@ -28,9 +28,12 @@ import pytest
 import yaml
 
 from csvbridge.config import Settings, SourceSettings, StateSettings
-from csvbridge.drops.ledger import Ledger, PassLock
-from csvbridge.drops.runner import PassSummary, run_once
+from csvbridge.drops.ledger import Ledger
+from csvbridge.drops.lock import PassLock
+from csvbridge.drops.outcome import FileOutcome, PassSummary
+from csvbridge.drops.runner import run_once
 from csvbridge.errors import LockedError
+from csvbridge.report import FileState
 from csvbridge.schema.models import TEMPLATE_HEADER
 from csvbridge.testing.emulator import Emulator
 from csvbridge.testing.samples import conversion_rows
@@ -45,8 +48,6 @@ TOKEN = "tok-7Hq2-VERY-secret-api-token"  # distinctive, so leaks can be grepped
 STAGES = ("processing", "done", "failed")
 
 # --------------------------------------------------------------------------- helpers
-
-
 
 
 def write_export(
@@ -194,8 +195,9 @@ def assert_received_exactly(emu: Emulator, ids: set[str]) -> None:
     assert stats.resent == set(), f"re-sent: {sorted(stats.resent)[:5]}"
 
 
-def files_of(summary: PassSummary) -> dict[str, dict[str, Any]]:
-    return {f["file"]: f for s in summary.sources for f in s.files}
+def files_of(summary: PassSummary) -> dict[str, FileOutcome]:
+    """The files a pass took (not those it skipped), by name, in order."""
+    return {f.file: f for f in summary.files if f.state is not FileState.SKIPPED}
 
 
 @pytest.fixture
@@ -273,6 +275,7 @@ def test_local_drop_end_to_end(tmp_path: Path, emu: Emulator) -> None:
         "shipped": 40,
         "rejected": 2,
         "failed_files": 1,
+        "skipped_files": 0,
     }
     # a second pass finds nothing to do
     again = run_once(settings)
@@ -298,7 +301,7 @@ def test_on_success_delete_removes_only_files_that_fully_succeeded(
         "done": [],  # deleted
         "failed": ["partly-bad.csv", "partly-bad.csv.rejects.csv", "partly-bad.csv.report.json"],
     }
-    assert files_of(summary)["good.csv"]["moved_to"] is None
+    assert files_of(summary)["good.csv"].moved_to is None
     assert_received_exactly(emu, good | valid)
     assert csv_ids(drop / "failed" / "partly-bad.csv.rejects.csv") == bad
     entries = ledger_files(settings)
@@ -638,7 +641,7 @@ def test_ftp_down_between_shipping_and_filing_away_resumes_without_resending(
     assert_received_exactly(slow, ids)  # nothing sent twice
     report = read_report(drop / "done" / "orders.csv.report.json")
     assert report["conversions"]["shipped"] == 60
-    assert report["outputs"]["shipped_by_earlier_attempts"] == "60"
+    assert report["shipped_by_earlier_attempts"] == 60
     (entry,) = ledger_files(settings).values()
     assert entry.status == "done" and entry.attempts == 2 and entry.shipped == 60
 
@@ -664,7 +667,7 @@ def test_same_content_under_another_name_is_not_sent_again(tmp_path: Path, emu: 
     assert len(again) == 1  # the first done/orders.csv was not overwritten
     assert (drop / "done" / again[0]).read_bytes() == original
     report = read_report(drop / "done" / "orders (copy).csv.report.json")
-    assert report["outputs"]["duplicate_of"].startswith("shop/orders.csv")
+    assert report["duplicate_of"].startswith("shop/orders.csv")
     assert len(ledger_files(settings)) == 1
 
 
@@ -865,8 +868,6 @@ def test_two_cron_passes_at_once(tmp_path: Path, emulator: Callable[..., Emulato
     assert all(e.attempts == 1 for e in ledger_files(settings).values())
 
 
-
-
 def finish_after_kill(
     emu: Emulator, settings: Settings, config: Path, ids: set[str]
 ) -> dict[str, Any]:
@@ -918,7 +919,7 @@ def test_kill_9_mid_shipment_loses_nothing_and_resends_only_unanswered_batches(
     # only the batches that were in flight, unanswered, at the kill went out twice
     in_flight = settings.api.max_in_flight * settings.api.max_objects_per_request
     assert len(resent) <= in_flight
-    assert report["outputs"]["shipped_by_earlier_attempts"] == str(len(recorded))
+    assert report["shipped_by_earlier_attempts"] == len(recorded)
     assert report["conversions"]["shipped"] == len(ids)
 
 
@@ -953,7 +954,7 @@ def test_kill_9_between_answered_batches_resends_nothing(
     report = finish_after_kill(emu, settings, config, ids)
 
     assert_received_exactly(emu, ids)  # zero lost, zero sent twice
-    assert report["outputs"]["shipped_by_earlier_attempts"] == str(len(accepted))
+    assert report["shipped_by_earlier_attempts"] == len(accepted)
 
 
 # --------------------------------------------------------------------------- secrets

@@ -16,13 +16,11 @@ import pytest
 from csvbridge.drops.ledger import (
     AlreadyProcessed,
     Ledger,
-    PassLock,
-    Stages,
     make_fingerprint,
-    rejects_name,
-    report_name,
     sha256_file,
 )
+from csvbridge.drops.lock import PassLock
+from csvbridge.drops.stages import Stages, rejects_name, report_name
 from csvbridge.errors import LockedError, TerminalError
 from tests.helpers import kill9, wait_until
 
@@ -35,10 +33,6 @@ def run_child(code: str, *args: str, stdout: object = subprocess.PIPE) -> subpro
     return subprocess.Popen(
         [sys.executable, "-c", code, *args], stdout=stdout, stderr=subprocess.PIPE, env=env
     )
-
-
-
-
 
 
 # -- hashing and fingerprint -------------------------------------------------------
@@ -83,14 +77,14 @@ def test_fingerprint_includes_size() -> None:
 def test_schema_created_in_wal_mode_and_migrated_once(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "state" / "ledger.sqlite"
     with Ledger(path) as ledger:
-        assert ledger.schema_version == 1
+        assert ledger.schema_version == 2
     with Ledger(path) as ledger:  # reopening does not migrate again
-        assert ledger.schema_version == 1
+        assert ledger.schema_version == 2
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+    assert con.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 2
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"schema_version", "files", "batches", "conversions"} <= tables
+    assert {"schema_version", "files", "batches", "conversions", "claims"} <= tables
     con.close()
 
 
@@ -206,7 +200,7 @@ def test_files_newest_first_and_stats(tmp_path: Path) -> None:
         assert s["files"] == {"processing": 2, "done": 2, "failed": 1}
         assert s["files_total"] == 5 and s["files_resumed"] == 1
         assert (s["rows"], s["shipped"], s["rejected"], s["not_shipped"]) == (9, 6, 2, 1)
-        assert s["batches_recorded"] == 1 and s["schema_version"] == 1
+        assert s["batches_recorded"] == 1 and s["schema_version"] == 2
         assert s["last_done_at"] == ledger.get(ids[2]).finished_at
 
 
@@ -400,7 +394,7 @@ def test_stage_names_and_validation() -> None:
 TRY_LOCK = r"""
 import sys
 from csvbridge.errors import LockedError
-from csvbridge.drops.ledger import PassLock
+from csvbridge.drops.lock import PassLock
 try:
     PassLock(sys.argv[1]).acquire()
 except LockedError as exc:
@@ -412,7 +406,7 @@ print("acquired")
 
 HOLD_LOCK = r"""
 import sys, time
-from csvbridge.drops.ledger import PassLock
+from csvbridge.drops.lock import PassLock
 lock = PassLock(sys.argv[1]).acquire()
 while True:
     time.sleep(60)
@@ -472,3 +466,31 @@ def test_pass_lock_is_free_after_holder_is_killed_with_9(tmp_path: Path) -> None
         proc.stdout.close()  # type: ignore[union-attr]
     with PassLock(path):
         assert f"pid={os.getpid()} " in path.read_text()
+
+
+# -- claims ------------------------------------------------------------------------
+
+
+def test_a_claim_is_ours_until_its_owner_is_gone(tmp_path: Path) -> None:
+    from csvbridge.drops.lock import Owner, _current, me
+
+    proc = run_child("import time; time.sleep(60)")
+    try:
+        other = _current(proc.pid)
+        with Ledger(tmp_path / "ledger.sqlite") as ledger:
+            assert ledger.claim("shop", "processing/a.csv", other) is None  # theirs now
+            assert ledger.claim("shop", "processing/a.csv") == other  # alive: refused
+            assert ledger.claim("shop", "processing/a.csv", other) is None  # still theirs
+            kill9(proc)
+            assert ledger.claim("shop", "processing/a.csv") is None  # gone: taken over
+            assert ledger.claim("shop", "processing/a.csv", other) == me()  # ours now
+            ledger.release("shop", "processing/a.csv")
+            assert ledger.claim("shop", "processing/a.csv", other) is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # another host cannot be checked from here: its claims are respected
+    stranger = Owner("elsewhere.example", "boot", 1, "1")
+    assert stranger.alive()
+    assert Owner.parse(stranger.token) == stranger and Owner.parse("garbage") is None

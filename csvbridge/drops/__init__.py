@@ -1,2 +1,6 @@
-"""Drops: where files arrive and how they move (claim -> process -> done/failed), the
-ledger that remembers what was shipped, the pass lock, the cron pass and the daemon."""
+"""Drops: where files arrive and how they move (claim -> process -> done/failed).
+
+In pass order: `runner` (one pass for cron), `daemon` (the watch loop), `filing` (one
+file from claim to filed away), `stages` (stage folders and safe names), `ledger` and
+`ledger_rows` (what was shipped, who holds a file), `lock` (the pass lock, process
+identities), `outcome` (the typed results a pass returns)."""

@@ -1,172 +1,50 @@
-"""Durable state: the ledger (which files were handled, how far a file got), the stage
-folder naming rules, and the pass lock.
+"""Durable state: the ledger (which files were handled, how far a file got, who holds
+a file in ``processing/``).
 
 Why a ledger: a file must never be processed twice, and a ``kill -9`` in the middle of a
 file must resume without re-sending the batches the API already accepted and without
 losing any.  Every write is one short SQLite transaction with ``synchronous=FULL``, so a
 write that returned is on disk, and a write that did not return left nothing behind.
-
-The ledger is a plain SQLite file (WAL mode, safe to open from several processes).  Open
-it with ``sqlite3 csvbridge-state/ledger.sqlite`` to look inside:
-
-``schema_version(version, applied_at)``
-    One row per applied migration; the highest version is the current schema.
-
-``files`` - one row per distinct file *content* ever taken from a drop
-    ``id``            integer key, referenced by the progress tables
-    ``source``        name of the configured source it was (last) seen in
-    ``name``          file name it was (last) seen under
-    ``size``          bytes
-    ``mtime``         modification time on the drop (unix seconds)
-    ``sha256``        hex SHA-256 of the content
-    ``fingerprint``   ``<sha256>:<size>``, unique: the same content renamed or uploaded again
-                      is recognised as the same file
-    ``status``        ``processing`` (in progress, or interrupted: resumed on next pass),
-                      ``done`` or ``failed``
-    ``started_at``    start of the latest attempt (unix seconds)
-    ``finished_at``   end of the latest attempt, NULL while processing
-    ``rows``, ``shipped``, ``rejected``, ``not_shipped``   counts set when finished
-    ``report_path``   where the JSON report of the latest attempt was written
-    ``attempts``      how many times processing was started (2+ means it was resumed)
-
-``batches`` - one row per batch the API answered, per attempt
-    ``file_id``, ``attempt``, ``batch_no``, ``accepted``, ``rejected`` (id counts),
-    ``recorded_at``
-
-``conversions`` - the outcome of each conversion id of a file
-    ``file_id``, ``conversion_id``, ``outcome`` (``accepted`` | ``rejected``),
-    ``batch_no``, ``attempt``.  An id accepted once stays accepted: the API has it.
-
-Example: ``SELECT id, name, status, attempts, datetime(started_at, 'unixepoch') FROM files
-ORDER BY started_at DESC LIMIT 10;``
+The tables are described in `csvbridge.drops.ledger_rows`.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import hashlib
 import os
-import posixpath
-import re
-import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
-from csvbridge.errors import LockedError, TerminalError, TransientError
+from csvbridge.drops.ledger_rows import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    STATUSES,
+    BatchEntry,
+    FileEntry,
+    make_fingerprint,
+    sha256_file,
+)
+from csvbridge.drops.lock import Owner, me
+from csvbridge.errors import TerminalError, TransientError
+from csvbridge.files import PRIVATE
+from csvbridge.report import FileState
 
-Status = Literal["processing", "done", "failed"]
-STATUSES: tuple[str, ...] = ("processing", "done", "failed")
-SCHEMA_VERSION = 1
+__all__ = [
+    "AlreadyProcessed",
+    "BatchEntry",
+    "FileEntry",
+    "Ledger",
+    "LedgerError",
+    "make_fingerprint",
+    "sha256_file",
+]
+
 BUSY_TIMEOUT_SECONDS = 30.0
-HASH_BLOCK = 1024 * 1024
-
-# Each migration is a list of single statements (executescript would commit on its own,
-# breaking the one-transaction migration).
-MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        """CREATE TABLE files (
-            id           INTEGER PRIMARY KEY AUTOINCREMENT,
-            source       TEXT    NOT NULL,
-            name         TEXT    NOT NULL,
-            size         INTEGER NOT NULL,
-            mtime        REAL    NOT NULL,
-            sha256       TEXT    NOT NULL,
-            fingerprint  TEXT    NOT NULL UNIQUE,
-            status       TEXT    NOT NULL CHECK (status IN ('processing', 'done', 'failed')),
-            started_at   REAL    NOT NULL,
-            finished_at  REAL,
-            rows         INTEGER,
-            shipped      INTEGER,
-            rejected     INTEGER,
-            not_shipped  INTEGER,
-            report_path  TEXT,
-            attempts     INTEGER NOT NULL DEFAULT 1
-        )""",
-        "CREATE INDEX files_status_started ON files (status, started_at)",
-        "CREATE INDEX files_started ON files (started_at)",
-        """CREATE TABLE batches (
-            file_id      INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
-            attempt      INTEGER NOT NULL,
-            batch_no     INTEGER NOT NULL,
-            accepted     INTEGER NOT NULL,
-            rejected     INTEGER NOT NULL,
-            recorded_at  REAL    NOT NULL,
-            PRIMARY KEY (file_id, attempt, batch_no)
-        )""",
-        """CREATE TABLE conversions (
-            file_id        INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
-            conversion_id  TEXT    NOT NULL,
-            outcome        TEXT    NOT NULL CHECK (outcome IN ('accepted', 'rejected')),
-            batch_no       INTEGER NOT NULL,
-            attempt        INTEGER NOT NULL,
-            PRIMARY KEY (file_id, conversion_id)
-        ) WITHOUT ROWID""",
-    ],
-}
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks so big exports do not fill memory."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def make_fingerprint(sha256: str, size: int) -> str:
-    """The identity of a file's content, independent of its name and location."""
-    return f"{sha256.lower()}:{int(size)}"
-
-
-@dataclass(frozen=True, slots=True)
-class FileEntry:
-    """One row of ``files``."""
-
-    id: int
-    source: str
-    name: str
-    size: int
-    mtime: float
-    sha256: str
-    fingerprint: str
-    status: Status
-    started_at: float
-    finished_at: float | None
-    rows: int | None
-    shipped: int | None
-    rejected: int | None
-    not_shipped: int | None
-    report_path: str | None
-    attempts: int
-
-    @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> FileEntry:
-        values = dict(zip(row.keys(), row, strict=True))
-        return cls(**{f: values[f] for f in cls.__slots__})  # type: ignore[attr-defined]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True, slots=True)
-class BatchEntry:
-    """One row of ``batches``: a batch whose answer from the API was recorded."""
-
-    attempt: int
-    batch_no: int
-    accepted: int
-    rejected: int
-    recorded_at: float
 
 
 class AlreadyProcessed(TerminalError):
@@ -182,13 +60,26 @@ class AlreadyProcessed(TerminalError):
         self.entry = entry
 
 
+class LedgerError(TransientError):
+    """The ledger cannot be read or written (disk full, I/O error, read-only, busy).
+
+    A failure of the environment, not of any file: the file being handled stays where it
+    is for a retry, and the pass stops (every file needs the ledger)."""
+
+
 class Ledger:
     """The SQLite ledger.  Thread-safe; several processes may open the same file."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _create_private(self.path)
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot create the ledger: {exc.strerror}", ledger=str(self.path)
+            ) from None
         try:
             self._conn = sqlite3.connect(
                 str(self.path),
@@ -197,7 +88,7 @@ class Ledger:
                 check_same_thread=False,  # guarded by self._lock
             )
         except sqlite3.Error as exc:
-            raise TerminalError(f"cannot open ledger: {exc}", ledger=str(self.path)) from None
+            raise LedgerError(f"cannot open ledger: {exc}", ledger=str(self.path)) from None
         self._conn.row_factory = sqlite3.Row
         try:
             self._use_wal()
@@ -228,8 +119,12 @@ class Ledger:
                 raise self._translate(exc) from None
 
     def _translate(self, exc: sqlite3.Error) -> Exception:
+        """Disk full, I/O error, read-only, busy: transient (`LedgerError`); a file that
+        is not a ledger or is corrupt: terminal, a person must look at it."""
         if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-            return TransientError(f"ledger is busy: {exc}", ledger=str(self.path))
+            return LedgerError(f"ledger is busy: {exc}", ledger=str(self.path))
+        if isinstance(exc, sqlite3.OperationalError):
+            return LedgerError(f"ledger error: {exc}", ledger=str(self.path))
         return TerminalError(f"ledger error: {exc}", ledger=str(self.path))
 
     @contextmanager
@@ -247,7 +142,8 @@ class Ledger:
                 conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    with suppress(sqlite3.Error):  # disk full may also fail the rollback
+                        conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise self._translate(exc) from exc
                 raise
@@ -331,7 +227,7 @@ class Ledger:
                 file_id = cur.lastrowid
             else:
                 entry = FileEntry._from_row(row)
-                if entry.status == "done":
+                if entry.status is FileState.DONE:
                     raise AlreadyProcessed(entry)
                 file_id = entry.id
                 c.execute(
@@ -348,7 +244,7 @@ class Ledger:
     def finish(
         self,
         file_id: int,
-        status: Literal["done", "failed"],
+        status: FileState,
         *,
         rows: int = 0,
         shipped: int = 0,
@@ -357,8 +253,8 @@ class Ledger:
         report_path: str | Path | None = None,
     ) -> FileEntry:
         """Close the current attempt of a ``processing`` file as ``done`` or ``failed``."""
-        if status not in ("done", "failed"):
-            raise ValueError(f"finish status must be 'done' or 'failed', not {status!r}")
+        if status not in (FileState.DONE, FileState.FAILED):
+            raise ValueError(f"finish status must be done or failed, not {status!r}")
         with self._write() as c:
             row = c.execute("SELECT status FROM files WHERE id = ?", (file_id,)).fetchone()
             if row is None:
@@ -369,7 +265,7 @@ class Ledger:
                 "UPDATE files SET status = ?, finished_at = ?, rows = ?, shipped = ?, "
                 "rejected = ?, not_shipped = ?, report_path = ? WHERE id = ?",
                 (
-                    status,
+                    FileState(status).value,
                     time.time(),
                     rows,
                     shipped,
@@ -454,11 +350,11 @@ class Ledger:
 
     # -- inspection -----------------------------------------------------------------
 
-    def files(self, status: Status | None = None, limit: int = 100) -> list[FileEntry]:
+    def files(self, status: FileState | None = None, limit: int = 100) -> list[FileEntry]:
         """Entries, most recently started first, optionally of one status."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; expected one of {STATUSES}")
-        where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+        where, params = ("WHERE status = ?", (FileState(status).value,)) if status else ("", ())
         rows = self._read(
             f"SELECT * FROM files {where} ORDER BY started_at DESC, id DESC LIMIT ?",
             (*params, int(limit)),
@@ -467,7 +363,7 @@ class Ledger:
 
     def stats(self) -> dict[str, Any]:
         """Totals for ``csvbridge status`` and for a human glancing at the ledger."""
-        by_status = dict.fromkeys(STATUSES, 0)
+        by_status = {s.value: 0 for s in STATUSES}
         for status, n in self._read("SELECT status, COUNT(*) FROM files GROUP BY status"):
             by_status[status] = n
         totals = self._read(
@@ -491,188 +387,44 @@ class Ledger:
             "path": str(self.path),
         }
 
+    # -- claims ---------------------------------------------------------------------
 
-# -- stages ------------------------------------------------------------------------
+    def claim(self, source: str, path: str, owner: Owner | None = None) -> Owner | None:
+        """Claim `path` of `source` for `owner` (this process by default).
 
-STAGES: tuple[str, ...] = ("processing", "done", "failed")
-_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
-
-
-def report_name(name: str) -> str:
-    """The JSON report that sits next to a staged file."""
-    return f"{name}.report.json"
-
-
-def rejects_name(name: str) -> str:
-    """The CSV of rejected rows that sits next to a staged file."""
-    return f"{name}.rejects.csv"
-
-
-def _split_ext(name: str) -> tuple[str, str]:
-    """``orders.csv.gz`` -> (``orders``, ``.csv.gz``); ``orders`` -> (``orders``, ``"")``."""
-    stem, ext = posixpath.splitext(name)
-    if ext.lower() in _COMPRESSED:
-        stem2, ext2 = posixpath.splitext(stem)
-        if ext2:
-            return stem2, ext2 + ext
-    return stem, ext
-
-
-@dataclass(frozen=True)
-class Stages:
-    """Where files go inside a drop, as relative POSIX paths; no I/O happens here.
-
-    ``processing/`` holds a file while it is worked on, ``done/`` and ``failed/`` receive
-    it with its report (and rejects) afterwards.  Names are never reused: when
-    ``done/orders.csv`` exists the next one becomes ``done/orders.20261122T074512Z.csv``.
-    """
-
-    root: str = ""
-
-    def folder(self, stage: str) -> str:
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
-        return posixpath.join(self.root.strip("/"), stage) if self.root.strip("/") else stage
-
-    @property
-    def folders(self) -> list[str]:
-        return [self.folder(s) for s in STAGES]
-
-    def is_staged(self, path: str) -> bool:
-        """True for paths inside a stage folder: a drop listing must skip them."""
-        return any(path == f or path.startswith(f + "/") for f in self.folders)
-
-    def stage_path(
-        self, stage: str, name: str, existing: set[str], now: datetime | None = None
-    ) -> str:
-        """Path for ``name`` in ``stage`` that does not collide with ``existing``.
-
-        ``existing`` holds what is already in that stage folder (bare names or full
-        relative paths, both are understood).  On a clash a UTC timestamp goes before the
-        extension, then ``-1``, ``-2``... if even that is taken.
+        Returns None when the claim is ours (new, already ours, or taken over from an
+        owner that is gone), else the live owner holding it: leave that file alone.
         """
-        return posixpath.join(self.folder(stage), self._free(stage, [name], existing, now)[0])
+        owner = owner or me()
+        with self._write() as c:
+            row = c.execute(
+                "SELECT owner FROM claims WHERE source = ? AND path = ?", (source, path)
+            ).fetchone()
+            if row is not None and row[0] != owner.token:
+                holder = Owner.parse(row[0])
+                if holder is not None and holder.alive():
+                    return holder
+            c.execute(
+                "INSERT INTO claims (source, path, owner, claimed_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (source, path) DO UPDATE SET owner = excluded.owner, "
+                "claimed_at = excluded.claimed_at",
+                (source, path, owner.token, time.time()),
+            )
+        return None
 
-    def stage_paths(
-        self, stage: str, name: str, existing: set[str], now: datetime | None = None
-    ) -> tuple[str, str, str]:
-        """(file, report, rejects) paths in ``stage`` sharing one free base name."""
-        names = [name, report_name(name), rejects_name(name)]
-        free = self._free(stage, names, existing, now)
-        folder = self.folder(stage)
-        return (
-            posixpath.join(folder, free[0]),
-            posixpath.join(folder, free[1]),
-            posixpath.join(folder, free[2]),
-        )
-
-    def _free(
-        self, stage: str, names: list[str], existing: set[str], now: datetime | None
-    ) -> list[str]:
-        base = names[0]
-        if not base or "/" in base or base in (".", ".."):
-            raise ValueError(f"not a plain file name: {base!r}")
-        folder = self.folder(stage)
-        taken = {posixpath.basename(e) for e in existing if e.startswith(folder + "/")}
-        taken |= {e for e in existing if "/" not in e}
-        suffixes = [n[len(base) :] for n in names]  # "", ".report.json", ".rejects.csv"
-
-        def candidates() -> Iterator[str]:
-            yield base
-            stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-            stem, ext = _split_ext(base)
-            yield f"{stem}.{stamp}{ext}"
-            n = 1
-            while True:
-                yield f"{stem}.{stamp}-{n}{ext}"
-                n += 1
-
-        for candidate in candidates():
-            if not any(candidate + s in taken for s in suffixes):
-                return [candidate + s for s in suffixes]
-        raise AssertionError("unreachable")  # pragma: no cover
+    def release(self, source: str, path: str) -> None:
+        """Forget the claim on `path` (filed away, or never moved into processing/)."""
+        with self._write() as c:
+            c.execute("DELETE FROM claims WHERE source = ? AND path = ?", (source, path))
 
 
-# -- pass lock ---------------------------------------------------------------------
-
-_PID = re.compile(r"pid=(\d+)")
-
-
-class PassLock:
-    """Only one pass at a time: an exclusive ``flock`` on a lock file.
-
-    The kernel releases the lock when the holder dies, even by ``kill -9``, so there is no
-    stale lock to clean up.  The file itself is never deleted (deleting it would let two
-    processes lock two different files of the same name); it holds the holder's pid and
-    start time for humans.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self) -> PassLock:
-        if self._fd is not None:
-            raise RuntimeError(f"{self.path} is already held by this PassLock")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = self._read_holder(fd)
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            pid = holder.get("pid")
-            raise LockedError(
-                f"another csvbridge pass is running (pid {pid or 'unknown'})",
-                pid=pid,
-                since=holder.get("started"),
-                lock_file=str(self.path),
-            ) from None
-        info = (
-            f"pid={os.getpid()} started={datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')} "
-            f"host={socket.gethostname()}\n"
-        )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info.encode(), 0)
-        self._fd = fd
-        return self
-
-    @staticmethod
-    def _read_holder(fd: int) -> dict[str, Any]:
-        try:
-            text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
-        except OSError:
-            return {}
-        out: dict[str, Any] = {}
-        if m := _PID.search(text):
-            out["pid"] = int(m.group(1))
-        if m := re.search(r"started=(\S+)", text):
-            out["started"] = m.group(1)
-        return out
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        try:
-            os.ftruncate(fd, 0)  # while still locked: nobody else is writing
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def __enter__(self) -> PassLock:
-        return self.acquire()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
+def _create_private(path: Path) -> None:
+    """Create the ledger file 0600 before SQLite opens it (SQLite gives its -wal and -shm
+    files the database file's mode), and never through a link."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE)
+    except FileExistsError:
+        if path.is_symlink():
+            raise OSError(40, "the ledger path is a symbolic link") from None
+        return
+    os.close(fd)

@@ -1,0 +1,168 @@
+"""``csvbridge watch``: the daemon, repeating passes per source until stopped.
+
+Local folders are watched with watchdog (a new file wakes the loop at once; polling
+remains the fallback); FTP/SFTP drops are polled every ``poll_interval_seconds``.  A
+source that fails is retried with exponential backoff (up to 5 minutes) and reported by
+``/healthz`` until it recovers, while the other sources go on.  SIGTERM/SIGINT finish
+the batch in flight and exit cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from csvbridge.config import Settings
+from csvbridge.drops.lock import PassLock
+from csvbridge.drops.runner import Runner
+from csvbridge.errors import CsvBridgeError, StopsRun
+from csvbridge.filesystems import LocalFileSystem, filesystem_for
+from csvbridge.observe import Metrics, MetricsServer
+
+log = logging.getLogger("csvbridge.drops")
+
+STOP_CHECK_SECONDS = 0.2  # the idle daemon looks at its stop event this often
+MAX_BACKOFF_SECONDS = 300.0
+
+
+def watch(
+    settings: Settings,
+    *,
+    stop: threading.Event | None = None,
+    max_passes: int | None = None,
+    install_signals: bool = True,
+) -> int:
+    """Run until `stop` is set (or a signal arrives); returns an exit code."""
+    stop = stop or threading.Event()
+    wake = threading.Event()
+    if install_signals:
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("signal %d: finishing the batch in flight, then stopping", signum)
+            stop.set()
+            wake.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    with PassLock(settings.state.lock_file):
+        metrics = Metrics()
+        runner = Runner(settings, stop=stop, metrics=metrics)
+        server = None
+        if settings.metrics.port is not None:
+            server = MetricsServer(
+                metrics,
+                settings.metrics.host,
+                settings.metrics.port,
+                health=lambda: (runner.last_error is None, {"last_error": runner.last_error}),
+            )
+            log.info("metrics on %s/metrics, health on %s/healthz", server.url, server.url)
+        local = _local_folders(settings)
+        observer = _watch_local(local, wake)
+        try:
+            return _loop(settings, runner, local, stop, wake, max_passes)
+        finally:
+            if observer is not None:
+                observer.stop()
+            if server is not None:
+                server.stop()
+            runner.close()
+
+
+def _loop(
+    settings: Settings,
+    runner: Runner,
+    local: dict[str, Path],
+    stop: threading.Event,
+    wake: threading.Event,
+    max_passes: int | None,
+) -> int:
+    next_due = {s.name: 0.0 for s in settings.sources}
+    backoff = {s.name: 0.0 for s in settings.sources}
+    failing: dict[str, str] = {}  # source -> its error, while it fails
+    passes = 0
+    while not stop.is_set():
+        now = time.monotonic()
+        for source in settings.sources:
+            if stop.is_set() or now < next_due[source.name]:
+                continue
+            try:
+                result = runner.run_source(source, settle=False)
+            except StopsRun as exc:
+                log.error("%s: stopping", exc)
+                return 2
+            if result.error:
+                failing[source.name] = f"{source.name}: {result.error}"
+                runner.last_error = failing[source.name]
+                backoff[source.name] = min(MAX_BACKOFF_SECONDS, max(1.0, backoff[source.name] * 2))
+                next_due[source.name] = now + backoff[source.name]
+            else:
+                # healthy again only when no other source is still failing
+                failing.pop(source.name, None)
+                runner.last_error = next(iter(failing.values()), None)
+                backoff[source.name] = 0.0
+                next_due[source.name] = now + source.poll_interval_seconds
+        passes += 1
+        if max_passes is not None and passes >= max_passes:
+            break
+        delay = max(0.05, min(next_due.values(), default=now + 1) - time.monotonic())
+        _idle(wake, stop, delay)
+        if wake.is_set():
+            wake.clear()
+            for name in local:
+                next_due[name] = 0.0
+    return 0
+
+
+def _idle(wake: threading.Event, stop: threading.Event, seconds: float) -> None:
+    """Sleep until `wake` or `stop` is set, or `seconds` passed (an Event waits for one)."""
+    deadline = time.monotonic() + seconds
+    while not (wake.is_set() or stop.is_set()):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        wake.wait(min(remaining, STOP_CHECK_SECONDS))
+
+
+def _local_folders(settings: Settings) -> dict[str, Path]:
+    """Source name -> folder, for the sources that are local folders (as the filesystem
+    registry resolves their URL; a bad URL is left for the pass to report)."""
+    out: dict[str, Path] = {}
+    for source in settings.sources:
+        try:
+            fs = filesystem_for(source)
+        except CsvBridgeError:
+            continue
+        if isinstance(fs, LocalFileSystem):
+            out[source.name] = fs.root
+        fs.close()
+    return out
+
+
+def _watch_local(folders: dict[str, Path], wake: threading.Event) -> Any:
+    """A watchdog observer over the local folders that exist; None if there are none (or
+    no inotify).  A missing folder is never created here: the pass reports it."""
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    existing = [f for f in folders.values() if f.is_dir()]
+    if not existing:
+        return None
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event: Any) -> None:
+            if not event.is_directory:
+                wake.set()
+
+    observer = Observer()
+    try:
+        for folder in existing:
+            observer.schedule(Handler(), str(folder), recursive=False)
+        observer.start()
+    except OSError as exc:  # no inotify: polling alone still works
+        log.warning("file watching unavailable (%s); polling only", exc)
+        return None
+    return observer
