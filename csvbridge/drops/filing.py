@@ -26,7 +26,7 @@ from csvbridge.drops.stages import REPORT_SUFFIX, Stages, work_name
 from csvbridge.errors import CsvBridgeError, StopsRun, TransientError
 from csvbridge.files import open_private
 from csvbridge.filesystems import FileInfo, FileSystem, LocalFileSystem, normalize
-from csvbridge.filesystems.base import describe
+from csvbridge.filesystems.remote import describe
 from csvbridge.pipeline import Outcome, process_file
 from csvbridge.report import FileState, Report
 
