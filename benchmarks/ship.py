@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
 
 from csvbridge.config import ApiSettings, RateLimits  # noqa: E402
-from csvbridge.ship import plan, ship  # noqa: E402
+from csvbridge.sinks import plan, ship  # noqa: E402
 from csvbridge.testing.emulator import Emulator  # noqa: E402
 from csvbridge.testing.sample_objects import sample_records  # noqa: E402
 

@@ -30,12 +30,12 @@ _FACE = {
     "send_file": "csvbridge.pipeline",
     "process_file": "csvbridge.pipeline",
     "Outcome": "csvbridge.pipeline",
-    "ship": "csvbridge.ship.bulk",
-    "ShipResult": "csvbridge.ship.bulk",
+    "ship": "csvbridge.sinks.shipper",
+    "ShipResult": "csvbridge.sinks.results",
     # drops: one pass (cron), the daemon
     "run_once": "csvbridge.drops.runner",
-    "watch": "csvbridge.drops.runner",
-    "PassSummary": "csvbridge.drops.runner",
+    "watch": "csvbridge.drops.daemon",
+    "PassSummary": "csvbridge.drops.outcome",
     # settings, reports, errors
     "load_settings": "csvbridge.config",
     "Settings": "csvbridge.config",
@@ -100,7 +100,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from csvbridge.config import ConvertSettings, Settings, load_settings
     from csvbridge.convert.engine import Converted, convert, convert_file, read_records
-    from csvbridge.drops.runner import PassSummary, run_once, watch
+    from csvbridge.drops.daemon import watch
+    from csvbridge.drops.outcome import PassSummary
+    from csvbridge.drops.runner import run_once
     from csvbridge.errors import (
         ApiError,
         AuthError,
@@ -114,4 +116,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     )
     from csvbridge.pipeline import Outcome, process_file, send_file
     from csvbridge.report import Problem, Report
-    from csvbridge.ship.bulk import ShipResult, ship
+    from csvbridge.sinks.results import ShipResult
+    from csvbridge.sinks.shipper import ship

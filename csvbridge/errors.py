@@ -10,7 +10,7 @@ registered secret (`csvbridge.redaction`) is masked in the message when it is bu
 `StopsRun` marks the errors after which a pass must not take another file (the API
 refuses the token, the configuration is unusable): `except StopsRun` instead of a tuple.
 An error raised after part of the work was done carries that part as ``result`` (for
-`csvbridge.ship.ship`: the `ShipResult`, so the caller can account for every record).
+`csvbridge.sinks.ship`: the `ShipResult`, so the caller can account for every record).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from csvbridge.redaction import redact
 
 if TYPE_CHECKING:
-    from csvbridge.ship.results import ShipResult
+    from csvbridge.sinks.results import ShipResult
 
 
 class CsvBridgeError(Exception):

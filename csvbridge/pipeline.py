@@ -166,7 +166,7 @@ def process_file(
 
 
 def _plan(report: Report, settings: Settings, sinks: list[str]) -> None:
-    from csvbridge.ship.bulk import plan
+    from csvbridge.sinks import plan
 
     if "api" in sinks:
         p = plan(report.objects_valid, settings.api)
@@ -178,7 +178,7 @@ def _plan(report: Report, settings: Settings, sinks: list[str]) -> None:
 def _feed(done: Converted, settings: Settings, report: Report) -> None:
     import orjson
 
-    from csvbridge.ship.feed import deliver_feed, feed_filename, write_feed
+    from csvbridge.sinks.feed import deliver_feed, feed_filename, write_feed
 
     fs = settings.feed
     local = done.ndjson.parent / feed_filename(fs.filename_template, report.kind, gzip=fs.gzip)
@@ -211,7 +211,7 @@ def _ship(
     on_accepted: Callable[[int, list[str], list[str]], None] | None,
 ) -> bool:
     """Ship the valid objects; True when some were not shipped (retry later)."""
-    from csvbridge.ship.bulk import BatchOutcome, ShipResult, ship
+    from csvbridge.sinks import BatchOutcome, ShipResult, ship
 
     rejected_tsv = done.rejected
     tally = _Tally(report, rejected_tsv)

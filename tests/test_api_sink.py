@@ -23,7 +23,7 @@ import requests
 from csvbridge.config import ApiSettings, RateLimits
 from csvbridge.convert.fold import Record
 from csvbridge.errors import ApiRedirectError, AuthError, StopsRun, TerminalError
-from csvbridge.ship import (
+from csvbridge.sinks import (
     ApiClient,
     BatchOutcome,
     Progress,

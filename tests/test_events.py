@@ -17,8 +17,8 @@ import pytest
 
 from csvbridge.convert.fold import Record
 from csvbridge.errors import AuthError
-from csvbridge.ship.events import EventsSettings, pack, send_events
-from csvbridge.ship.purchase import to_purchase
+from csvbridge.sinks.events import EventsSettings, pack, send_events
+from csvbridge.sinks.purchase import to_purchase
 from csvbridge.testing.sample_objects import sample_records
 from csvbridge.testing.tracking import TrackingStandIn
 from tests.helpers import kill9, wait_until
@@ -334,7 +334,7 @@ def test_stop_leaves_everything_accounted(stand_in: TrackingStandIn) -> None:
 SENDER = """
 import os, sys
 from pathlib import Path
-from csvbridge.ship.events import EventsSettings, send_events
+from csvbridge.sinks.events import EventsSettings, send_events
 from csvbridge.testing.sample_objects import sample_records
 
 url, ledger, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])

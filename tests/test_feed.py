@@ -26,7 +26,7 @@ from csvbridge.schema.models import (
     Product,
     field_rules,
 )
-from csvbridge.ship.feed import (
+from csvbridge.sinks.feed import (
     FeedError,
     deliver_feed,
     feed_filename,

@@ -28,7 +28,7 @@ from csvbridge.filesystems import (
     open_filesystem,
     put_atomic,
 )
-from csvbridge.ship.feed import deliver_feed
+from csvbridge.sinks.feed import deliver_feed
 from tests.plugins.servers import FTPTestServer, SFTPTestServer
 
 pytestmark = pytest.mark.timeout(60)

@@ -18,7 +18,7 @@ from csvbridge.config import load_settings
 from csvbridge.errors import AuthError, ConfigError
 from csvbridge.observe import setup_logging
 from csvbridge.redaction import MASK, forget_secrets, redact, register_secret
-from csvbridge.ship import ship
+from csvbridge.sinks import ship
 from csvbridge.testing.sample_objects import sample_records
 from tests.plugins.api import settings_for
 

@@ -1041,7 +1041,7 @@ def convert_file(
         )
         report = done.report
         if to == "feed":
-            from csvbridge.ship.feed import write_feed
+            from csvbridge.sinks.feed import write_feed
 
             feed = work / ("feed.csv")
             import orjson

@@ -2,7 +2,7 @@
 
 How a send works (read `send_events` first):
 
-* each `Record` (the bulk shipper's input) becomes one event (`csvbridge.ship.purchase`);
+* each `Record` (the bulk shipper's input) becomes one event (`csvbridge.sinks.purchase`);
   an event over ``max_event_bytes`` is rejected by name (`EventTooLarge`) and the others
   go on;
 * events are packed into ``POST /events/batch`` bodies (``{"batch": [...]}``) of at most
@@ -51,7 +51,7 @@ from csvbridge.errors import (
 )
 from csvbridge.observe import redact, register_secret
 from csvbridge.report import Problem
-from csvbridge.ship.purchase import to_purchase
+from csvbridge.sinks.purchase import to_purchase
 
 log = logging.getLogger("csvbridge.events")
 
@@ -336,7 +336,7 @@ def send_events(
     stop: threading.Event | None = None,
     client: TrackingClient | None = None,
 ) -> EventsResult:
-    """Send one ``purchase`` event per record; mirrors `csvbridge.ship.bulk.ship`.
+    """Send one ``purchase`` event per record; mirrors `csvbridge.sinks.ship`.
 
     Ids in ``skip_ids`` (sent by an earlier run) are counted, not sent.  ``on_batch`` runs
     in this thread after each answered request (and for events refused before sending).

@@ -38,10 +38,10 @@ from csvbridge.config import ApiSettings, Kind
 from csvbridge.convert.fold import Record
 from csvbridge.errors import ApiTransientError, AuthError, ConfigError, CsvBridgeError
 from csvbridge.schema.models import Conversion, Product
-from csvbridge.ship.client import ApiClient, endpoint, resolve_kind
-from csvbridge.ship.pacer import Pacer, choose_batch_size, workers_for
-from csvbridge.ship.progress import Progress
-from csvbridge.ship.results import BatchOutcome, ShipResult
+from csvbridge.sinks.client import ApiClient, endpoint, resolve_kind
+from csvbridge.sinks.pacer import Pacer, choose_batch_size, workers_for
+from csvbridge.sinks.progress import Progress
+from csvbridge.sinks.results import BatchOutcome, ShipResult
 
 log = logging.getLogger("csvbridge.api")
 

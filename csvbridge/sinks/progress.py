@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from csvbridge.config import ApiSettings, Kind
-from csvbridge.ship.client import endpoint, resolve_kind
-from csvbridge.ship.pacer import choose_batch_size
-from csvbridge.ship.results import Endpoint
+from csvbridge.sinks.client import endpoint, resolve_kind
+from csvbridge.sinks.pacer import choose_batch_size
+from csvbridge.sinks.results import Endpoint
 
 log = logging.getLogger("csvbridge.api")
 

@@ -32,7 +32,7 @@ from csvbridge.convert.fold import Record
 from csvbridge.errors import ApiRedirectError, ApiTerminalError, ApiTransientError, AuthError
 from csvbridge.observe import redact, register_secret
 from csvbridge.report import Problem
-from csvbridge.ship.results import Endpoint, Rejection
+from csvbridge.sinks.results import Endpoint, Rejection
 
 log = logging.getLogger("csvbridge.api")
 

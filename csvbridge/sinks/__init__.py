@@ -1,10 +1,11 @@
-"""Stage 3, ship: the bulk API (client, pacer, shipper, progress) and the CSV feed.
+"""Stage 3, the sinks: the bulk API (client, pacer, shipper, progress), the CSV feed and
+the tracking API's purchase events.
 
 The library face of the API sink is re-exported here: `ship`, `plan`, their results, and
 the client for callers that bring their own session.
 """
 
-from csvbridge.ship.client import (
+from csvbridge.sinks.client import (
     Answer,
     ApiClient,
     endpoint,
@@ -12,10 +13,10 @@ from csvbridge.ship.client import (
     resolve_kind,
     split_partial,
 )
-from csvbridge.ship.pacer import Pacer, choose_batch_size, workers_for
-from csvbridge.ship.progress import Plan, Progress, format_duration, plan
-from csvbridge.ship.results import BatchOutcome, Endpoint, Rejection, ShipResult
-from csvbridge.ship.shipper import records_kind, ship
+from csvbridge.sinks.pacer import Pacer, choose_batch_size, workers_for
+from csvbridge.sinks.progress import Plan, Progress, format_duration, plan
+from csvbridge.sinks.results import BatchOutcome, Endpoint, Rejection, ShipResult
+from csvbridge.sinks.shipper import records_kind, ship
 
 __all__ = [
     "Answer",
