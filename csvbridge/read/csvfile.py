@@ -188,7 +188,7 @@ class CsvFile:
             # themselves, so the header's length in bytes is exact
             text = sample.decode(enc, errors="surrogateescape")
             head = find_header(text, eof=eof, delimiter=delimiter)
-            if head is not None:
+            if head is not None and (cap is None or len(head.text) <= cap):
                 break
             if cap is not None and len(sample) > cap:
                 raise RecordTooLong(
@@ -287,9 +287,13 @@ class CsvFile:
                     # engine to `rows`, which stops at the cap)
                     cut = buf.rfind(b"\n", 0, size) + 1
                     if not cut:
+                        if not self._too_many_cells(buf[:size], line):
+                            self._check_cells(buf[:size], line, partial=True)
                         raise self._too_long(line)
             piece, buf = buf[:cut], buf[cut:]
             if piece:
+                if len(piece) > CHUNK_BYTES and self._too_many_cells(piece, line):
+                    raise self._too_long(line)
                 self._check_cells(piece, line)
                 # a cut is always made outside quotes, so the next piece starts outside
                 quotes_odd = False
@@ -308,7 +312,16 @@ class CsvFile:
             line=line,
         )
 
-    def _check_cells(self, piece: bytes, line: int) -> None:
+    def _too_many_cells(self, piece: bytes, line: int) -> bool:
+        """A big piece (a record past the chunk size) holding more delimiters than
+        `max_columns` per line: parsing it would make millions of tiny strings."""
+        cols = self.limits.max_columns
+        if cols is None:
+            return False
+        delims = piece.count(self.dialect.delimiter.encode(self.dialect.encoding))
+        return delims > (piece.count(b"\n") + 1) * cols
+
+    def _check_cells(self, piece: bytes, line: int, *, partial: bool = False) -> None:
         """Refuse a cell longer than `max_cell_chars` in a single-line record.
 
         Cheap on the hot path: such a line holds a whole window of ``cap / 2`` bytes
@@ -327,7 +340,9 @@ class CsvFile:
             for j, c in enumerate(row.cells):
                 if len(c) > cap:
                     name = self.header[j] if j < len(self.header) else None
-                    raise cell_error(row.line, j + 1, len(c), cap, name, self.name)
+                    raise cell_error(
+                        row.line, j + 1, len(c), cap, name, self.name, at_least=partial
+                    )
 
     def rows(self) -> Iterator[Row | None]:
         """Every record after the header, read sequentially (None for a blank line).
@@ -376,12 +391,14 @@ class CsvFile:
         end = min(end, len(buf))
         total_odd = quotes_odd ^ (_quotes(buf, 0, end) % 2 == 1)
         pos = end
+        after_odd = False  # parity of the quotes between `pos` and `end`
         while True:
             nl = buf.rfind(b"\n", 0, pos)
             if nl < 0:
                 return -1
-            # parity before `nl` = parity at `end` minus quotes between them
-            after_odd = buf.count(b'"', nl, end) % 2 == 1
+            # parity before `nl` = parity at `end` minus quotes between them (counted
+            # a stretch at a time: a stray quote must not make this quadratic)
+            after_odd ^= buf.count(b'"', nl, pos) % 2 == 1
             if not (total_odd ^ after_odd):
                 return nl + 1
             pos = nl

@@ -26,7 +26,9 @@ class ReadLimits:
     max_header_bytes: int | None = 8 << 20  # the header record
     max_columns: int | None = 20_000
     max_expanded_bytes: int | None = 16 << 30  # what a gzip file may expand to
-    max_gzip_ratio: float | None = 250.0  # expanded / compressed, once past 64 MiB
+    max_gzip_ratio: float | None = 250.0  # expanded / compressed...
+    gzip_ratio_after_bytes: int = 64 << 20  # ...once this much is expanded (small
+    # files compress oddly well)
 
     @classmethod
     def from_settings(cls, settings: object) -> ReadLimits:
@@ -38,7 +40,6 @@ class ReadLimits:
 
 
 DEFAULT_LIMITS = ReadLimits()
-RATIO_FLOOR = 64 << 20  # below this, any ratio is fine (small files compress oddly well)
 
 
 def size_text(n: float) -> str:
@@ -64,12 +65,21 @@ class GzipBomb(InputError):
 
 
 def cell_error(
-    line: int, column: int, length: int, limit: int, name: str | None = None, file: str | None = None
+    line: int,
+    column: int,
+    length: int,
+    limit: int,
+    name: str | None = None,
+    file: str | None = None,
+    *,
+    at_least: bool = False,
 ) -> CellTooLong:
-    """The error for an over-long cell; `column` counts from 1."""
+    """The error for an over-long cell; `column` counts from 1.  `at_least`: the cell
+    was not read to its end (it ran past the record cap)."""
     col = f"column {column}" + (f" ({name[:60]!r})" if name else "")
+    size = f"at least {length:,}" if at_least else f"{length:,}"
     return CellTooLong(
-        f"line {line}, {col}: a cell of {length:,} characters, longer than any field can "
+        f"line {line}, {col}: a cell of {size} characters, longer than any field can "
         f"hold (max_cell_chars={limit:,}); fix the export or raise the limit",
         file=file,
         line=line,
@@ -132,7 +142,7 @@ class GuardedGzip:
         packed = max(self._counting.count, 1)
         if (
             lim.max_gzip_ratio is not None
-            and self.expanded > RATIO_FLOOR
+            and self.expanded > lim.gzip_ratio_after_bytes
             and self.expanded > lim.max_gzip_ratio * packed
         ):
             raise GzipBomb(

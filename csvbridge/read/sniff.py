@@ -45,7 +45,9 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x28\xb5\x2f\xfd", "a zstd archive (only gzip, .csv.gz, is read)"),
 )
 _JSON = re.compile(rb'\s*(\{\s*("|\})|\[\s*(\{|\[|"|-?\d|\]|true|false|null))')
-_HTML = re.compile(rb"\s*(<!doctype\s+html|<html|<head|<body|<\?xml[^>]*>\s*<(!doctype\s+)?html)", re.I)
+_HTML = re.compile(
+    rb"\s*(<!doctype\s+html|<html|<head|<body|<\?xml[^>]*>\s*<(!doctype\s+)?html)", re.I
+)
 _XML = re.compile(rb"\s*<\?xml", re.I)
 _TITLE = re.compile(rb"<title[^>]*>(.{0,200}?)</title>", re.I | re.S)
 
@@ -67,8 +69,10 @@ def identify(sample: bytes) -> str | None:
     if _HTML.match(start):
         m = _TITLE.search(head[:65536])
         title = " ".join(m.group(1).decode("utf-8", "replace").split())[:80] if m else ""
-        return "an HTML page" + (f" titled {title!r}" if title else "") + (
-            " (an error or login page saved instead of the export?)"
+        return (
+            "an HTML page"
+            + (f" titled {title!r}" if title else "")
+            + (" (an error or login page saved instead of the export?)")
         )
     if _XML.match(start):
         return "an XML document"
@@ -123,7 +127,9 @@ class EncodingGuess:
     note: str | None = None  # why it is a guess, or what was odd; for the report
 
 
-def sniff_encoding(sample: bytes, forced: str | None = None, *, whole: bool = False) -> EncodingGuess:
+def sniff_encoding(
+    sample: bytes, forced: str | None = None, *, whole: bool = False
+) -> EncodingGuess:
     """UTF-8 (with or without BOM, tolerating a few bad bytes) else a detected code page;
     a forced encoding wins.  The sample may end mid-character unless it is `whole`."""
     if sample.startswith(codecs.BOM_UTF8):
