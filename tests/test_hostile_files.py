@@ -9,8 +9,10 @@ hundreds of megabytes.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -275,3 +277,209 @@ def test_problem_log_clips_values_and_details():
     assert len(agg["meta"]["values"][0]) <= MAX_VALUE_CHARS + 40
     assert len(agg["detail"]) < 600 and agg["detail"].endswith("is not a number")
     assert len(json.dumps(agg)) < 2000
+
+
+# --------------------------------------------------------------------------- encodings
+
+POLISH = [
+    ("Anna", "Dąbrowska", "Łódź"), ("Łukasz", "Wiśniewski", "Kraków"),
+    ("Żaneta", "Zielińska", "Gdańsk"), ("Michał", "Wójcik", "Poznań"),
+    ("Grzegorz", "Mączyński", "Wrocław"), ("Józef", "Ślęzak", "Bielsko-Biała"),
+]  # fmt: skip
+CZECH = [
+    ("Antonín", "Dvořák", "Plzeň"),
+    ("Jiří", "Černý", "Ústí nad Labem"),
+    ("Šárka", "Říhová", "Brno"),
+]
+
+
+def names_export(
+    path: Path, people: list[tuple[str, str, str]], encoding: str, n: int = 60
+) -> Path:
+    """An export as a Windows shop system writes it: the legacy code page, CRLF."""
+    header = ["id", "first_name", "last_name", "city"]
+    rows = [[f"A{i}", *people[i % len(people)]] for i in range(n)]
+    with open(path, "w", encoding=encoding, newline="") as f:
+        w = csv.writer(f, lineterminator="\r\n", delimiter=";")
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize(("people", "n"), [(POLISH, 60), (POLISH, 6), (CZECH, 30)])
+def test_central_european_cp1250_exports_are_read_as_cp1250(tmp_path, people, n):
+    path = names_export(tmp_path / "klienci.csv", people, "cp1250", n)
+    f, rows = read_rows(path)
+    assert f.dialect.encoding == "cp1250"
+    assert [r[1][1:] for r in rows[: len(people)]] == [list(p) for p in people]
+
+
+def test_a_single_polish_name_is_guessed_right_and_flagged_as_a_guess(tmp_path):
+    path = names_export(tmp_path / "one.csv", [("Anna", "Dąbrowska", "Warszawa")], "cp1250", 1)
+    f, rows = read_rows(path)
+    assert rows[0][1][2] == "Dąbrowska"  # not "D¹browska"
+    assert f.dialect.encoding_confident is False
+    assert "cp1250" in f.dialect.encoding_note and "--encoding" in f.dialect.encoding_note
+
+
+def test_western_cp1252_exports_stay_cp1252(tmp_path):
+    people = [
+        ("Hélène", "Müller", "Besançon"),
+        ("Ångström", "Noël", "Orléans"),
+        ("Zoë", "Straße", "Köln €"),
+    ]
+    path = names_export(tmp_path / "clients.csv", people, "cp1252", 30)
+    f, rows = read_rows(path)
+    assert f.dialect.encoding == "cp1252"
+    assert rows[2][1][1:] == ["Zoë", "Straße", "Köln €"]
+
+
+def test_an_undecidable_sample_is_reported_as_a_guess(tmp_path):
+    # "Hélène" reads as "Hélčne" in cp1250: both are letters, the sample cannot tell
+    path = names_export(tmp_path / "fr.csv", [("Hélène", "Martin", "Lyon")], "cp1252", 3)
+    f, rows = read_rows(path)
+    assert f.dialect.encoding == "cp1252" and rows[0][1][1] == "Hélène"
+    assert f.dialect.encoding_confident is False
+    shown = f.dialect.as_dict()
+    assert shown["encoding_confident"] is False and "cp1250" in shown["encoding_note"]
+
+
+def test_forced_encoding_wins_over_detection(tmp_path):
+    path = names_export(tmp_path / "klienci.csv", POLISH, "cp1250")
+    f, rows = read_rows(path, encoding="cp1252")
+    assert f.dialect.encoding == "cp1252" and f.dialect.encoding_confident
+    assert rows[0][1][2] == "D¹browska"  # what the user asked for
+
+
+def utf8_orders_with_a_bad_byte(path: Path, bad_at: int, n: int) -> Path:
+    rows = [order(f"c{i}", comment="Café crème") for i in range(n)]
+    data = io.StringIO()
+    w = csv.writer(data, lineterminator="\n")
+    w.writerow(HEADER)
+    w.writerows(rows)
+    raw = data.getvalue().encode()
+    lines = raw.split(b"\n")
+    lines[bad_at] = lines[bad_at].replace("Café".encode(), b"Caf\xe9")  # one cp1252 byte
+    path.write_bytes(b"\n".join(lines))
+    return path
+
+
+def test_a_stray_bad_byte_early_keeps_the_file_utf8(tmp_path):
+    path = utf8_orders_with_a_bad_byte(tmp_path / "o.csv", 5, 200)
+    f, _ = read_rows(path)
+    assert f.dialect.encoding == "utf-8"
+    assert "not valid UTF-8" in f.dialect.encoding_note
+    done = convert(path, tmp_path / "work")
+    rep = done.report
+    assert rep.objects_valid == 199 and rep.rows_rejected == 1
+    [enc] = [e for e in rep.problems.errors if e["code"] == "ENCODING_ERROR"]
+    assert enc["meta"]["line_numbers"] == [6]
+    first = done.ndjson.read_text(encoding="utf-8").splitlines()[0]
+    assert json.loads(first)["comment"] == "Café crème"  # not "CafÃ© crÃ¨me"
+
+
+def test_bad_bytes_late_in_a_utf8_file_are_reported_by_line(tmp_path):
+    path = utf8_orders_with_a_bad_byte(tmp_path / "o.csv", 15_000, 16_000)
+    assert path.stat().st_size > 1 << 20
+    done = convert(path, tmp_path / "work", settings=ConvertSettings(workers=1))
+    rep = done.report
+    assert rep.dialect["encoding"] == "utf-8" and rep.objects_valid == 15_999
+    [enc] = [e for e in rep.problems.errors if e["code"] == "ENCODING_ERROR"]
+    assert enc["meta"]["line_numbers"] == [15_001]
+
+
+# --------------------------------------------------------------------------- not CSV at all
+
+
+def xlsx(path: Path) -> Path:
+    openpyxl = pytest.importorskip("openpyxl")
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(HEADER)
+    ws.append(order("c1"))
+    wb.save(path)
+    return path
+
+
+def html_error_page(path: Path) -> Path:
+    path.write_text(
+        "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+        "<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center>"
+        "</body></html>\n"
+    )
+    return path
+
+
+def zip_of_csv(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("orders.csv", ",".join(HEADER) + "\n" + ",".join(order("c1")) + "\n")
+    return path
+
+
+def pdf(path: Path) -> Path:
+    path.write_bytes(
+        b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+        b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+    )
+    return path
+
+
+def json_list(path: Path) -> Path:
+    path.write_text(json.dumps([dict(zip(HEADER, order("c1"), strict=True))], indent=2))
+    return path
+
+
+def ndjson(path: Path) -> Path:
+    path.write_text(json.dumps(dict(zip(HEADER, order("c1"), strict=True))) + "\n")
+    return path
+
+
+def utf16_no_bom(path: Path) -> Path:
+    path.write_bytes(
+        (",".join(HEADER) + "\r\n" + ",".join(order("c1")) + "\r\n").encode("utf-16-le")
+    )
+    return path
+
+
+def utf16_bom(path: Path) -> Path:
+    path.write_text(",".join(HEADER) + "\n" + ",".join(order("c1")) + "\n", encoding="utf-16")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (
+            xlsx,
+            "this is an Excel workbook (xlsx), not a CSV: open it and save the sheet as 'CSV UTF-8'",
+        ),
+        (json_list, "this is JSON (or NDJSON) data, not a CSV"),
+        (ndjson, "this is JSON (or NDJSON) data, not a CSV"),
+        (html_error_page, "this is an HTML page titled '502 Bad Gateway'"),
+        (pdf, "this is a PDF document, not a CSV"),
+        (zip_of_csv, "this is a zip archive (only gzip, .csv.gz, is read), not a CSV"),
+        (utf16_no_bom, "the file is UTF-16 (without BOM); re-export it as UTF-8"),
+        (utf16_bom, "the file is UTF-16; re-export it as UTF-8"),
+    ],
+    ids=["xlsx", "json", "ndjson", "html", "pdf", "zip", "utf16", "utf16-bom"],
+)
+def test_files_that_are_not_csv_say_what_they_are(tmp_path, make, said):
+    path = make(tmp_path / "orders.csv")  # renamed .csv, as people do
+    with pytest.raises(InputError) as err:
+        convert(path, tmp_path / "work")
+    assert said in str(err.value)
+    assert "required column missing" not in str(err.value)
+
+
+def test_gzipped_json_is_named_too(tmp_path):
+    raw = json_list(tmp_path / "orders.json").read_bytes()
+    path = tmp_path / "orders.csv.gz"
+    path.write_bytes(gzip.compress(raw))
+    with pytest.raises(InputError, match="this is JSON"):
+        CsvFile(path)
+
+
+def test_csv_files_starting_like_other_formats_are_still_csv():
+    for data in (b"[id],name\n1,x\n", b"<id>,name\n1,x\n", b"PKid,name\n1,x\n", b"{id},n\n1,2\n"):
+        _, rows = read_rows(data)
+        assert rows == [(2, [rows[0][1][0], rows[0][1][1]])]

@@ -30,7 +30,33 @@ SENTINEL = "\ufdd0csvbridge-end-of-chunk"
 CODE_PAGES = ("cp1252", "cp1250", "cp1257", "iso8859_15", "iso8859_2")
 # letters a wrong code page turns accents into, and that real names hardly ever hold
 _RARE = frozenset("œŒŸŕŔĺĹăĂţŢđĐ")
-_NON_ASCII_WORDS = re.compile(rb"[\x21-\x7e]*[\x80-\xff][\x21-\x7e\x80-\xff]*")
+# the accented letters of the languages these code pages serve: a word whose accents
+# no single alphabet holds ("Dvoøák", "Èerný": Czech read as cp1252) is a misreading
+_ALPHABETS = tuple(
+    frozenset(a)
+    for a in (
+        "àâæçéèêëîïôœùûüÿ",  # French
+        "äöüß",  # German
+        "áéíñóúü",  # Spanish
+        "àèéìíîòóùú",  # Italian
+        "àáâãçéêíóôõú",  # Portuguese
+        "éëïóöüáàè",  # Dutch
+        "æøåéó",  # Danish, Norwegian
+        "åäöéü",  # Swedish, Finnish
+        "áðéíóúýþæö",  # Icelandic
+        "ąćęłńóśźż",  # Polish
+        "áčďéěíňóřšťúůýž",  # Czech
+        "áäčďéíĺľňóôŕšťúýž",  # Slovak
+        "áéíóöőúüű",  # Hungarian
+        "čćđšž",  # Slovene, Croatian
+        "ăâîșțşţ",  # Romanian
+        "ąčęėįšųūž",  # Lithuanian
+        "āčēģīķļņšūž",  # Latvian
+        "äöõüšž",  # Estonian
+    )
+)
+_NON_ASCII_WORDS = re.compile(rb'[^\x00-\x20,;|"]*[\x80-\xff][^\x00-\x20,;|"]*')
+CHAOS_MARGIN = 0.15  # readings this close to the detector's best are all weighed
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"%PDF-", "a PDF document"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "a legacy Office file (an .xls workbook or .doc)"),
@@ -57,6 +83,8 @@ _TITLE = re.compile(rb"<title[^>]*>(.{0,200}?)</title>", re.I | re.S)
 
 def identify(sample: bytes) -> str | None:
     """What the file is when it is plainly not a CSV export (None: it may be one)."""
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return None  # UTF-16 said so itself: `sniff_encoding` gives the advice
     head = sample[3:] if sample.startswith(codecs.BOM_UTF8) else sample
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return _zip_kind(head)
@@ -176,23 +204,27 @@ def _legacy(sample: bytes) -> EncodingGuess:
         enc = "cp1252" if _decodes(sample, "cp1252") else "latin-1"
         return EncodingGuess(enc, confident=False, note=_guess_note(enc, ()))
     best = min(m.chaos for m in matches)
-    tied = [m.encoding for m in matches if m.chaos <= best + 0.01]
-    tied.sort(key=lambda e: CODE_PAGES.index(e) if e in CODE_PAGES else len(CODE_PAGES))
-    readings: dict[str, str] = {}
-    for enc in tied:
-        text = words.decode(enc, errors="replace")
-        if text not in readings.values():
-            readings[_canonical(enc, words, text)] = text
-    if len(readings) == 1:
-        enc = next(iter(readings))
-        if best > 0.2:
-            return EncodingGuess(enc, confident=False, note=_guess_note(enc, ()))
+    near = sorted(
+        (m for m in matches if m.chaos <= best + CHAOS_MARGIN),
+        key=lambda m: CODE_PAGES.index(m.encoding) if m.encoding in CODE_PAGES else 99,
+    )
+    readings: dict[str, tuple[str, float]] = {}  # code page -> (text, chaos)
+    for m in near:
+        text = words.decode(m.encoding, errors="replace")
+        if all(text != t for t, _ in readings.values()):
+            readings[_canonical(m.encoding, words, text)] = (text, m.chaos)
+    # charset-normalizer's mess ratio misses what a wrong code page does to names
+    # ("D¹browska", "Wiœniewski"): weigh the readings by their oddities first
+    ranked = sorted(readings, key=lambda e: (_oddities(readings[e][0]), readings[e][1]))
+    enc = ranked[0]
+    if len(ranked) == 1:
+        sure = readings[enc][1] <= 0.2
+    else:
+        mine, theirs = _oddities(readings[enc][0]), _oddities(readings[ranked[1]][0])
+        sure = theirs - mine >= 3 and mine <= max(1, len(readings[enc][0]) // 200)
+    if sure:
         return EncodingGuess(enc)
-    # code pages that read the sample differently, equally well for the detector:
-    # the reading with fewest oddities (a symbol inside a word, a letter no name has)
-    enc = min(readings, key=lambda e: _oddities(readings[e]))
-    others = [e for e in readings if e != enc]
-    return EncodingGuess(enc, confident=False, note=_guess_note(enc, others))
+    return EncodingGuess(enc, confident=False, note=_guess_note(enc, ranked[1:]))
 
 
 def _canonical(enc: str, words: bytes, text: str) -> str:
@@ -216,7 +248,13 @@ def _guess_note(enc: str, others: object) -> str:
 
 
 def _oddities(text: str) -> int:
+    """Signs of a misreading: symbols inside words, rare letters, and words whose
+    accented letters belong to no one alphabet."""
     n = 0
+    for word in set(text.split()):
+        accents = {c for c in word.lower() if c > "\x7f" and c.isalpha()}
+        if accents and not any(accents <= a for a in _ALPHABETS):
+            n += 1
     for i, ch in enumerate(text):
         if ch <= "\x7f":
             continue
