@@ -1,9 +1,12 @@
 """Read CSV exports whatever their dialect, as text, with exact source line numbers.
 
-What the reader decides once per file (`sniff`): compression (gzip by magic bytes),
-encoding (UTF-8 with or without BOM, else cp1252, else latin-1; or forced), delimiter
-(``,`` ``;`` tab ``|``: the one the header line uses most, outside quotes), and the
-header.  Then it cuts the byte stream into chunks that end on a record boundary, so that
+What the reader decides once per file (`csvbridge.read.sniff`): compression (gzip by
+magic bytes), whether it is a CSV at all (a workbook, JSON, an HTML page... are named),
+encoding (UTF-8 with or without BOM, else a detected code page, flagged when it is a
+guess; or forced), delimiter (``,`` ``;`` tab ``|``: the one that splits the header
+record into most cells) and the header, read by the csv module like the body.
+Everything is read within `ReadLimits` (cell, record, header, columns, gzip
+expansion), so memory stays bounded whatever the input.  Then it cuts the byte stream into chunks that end on a record boundary, so that
 several processes can parse in parallel (`chunks`), and parses a chunk into rows
 (`parse_chunk`).
 
@@ -26,7 +29,7 @@ import io
 import sys
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,6 +42,7 @@ from csvbridge.read.limits import (
     cell_error,
     size_text,
 )
+from csvbridge.read.parse import ParsedChunk, Row, parse_chunk, parse_lines
 from csvbridge.read.sniff import (  # noqa: F401 - detect_* re-exported
     DELIMITERS,
     SENTINEL,
@@ -52,10 +56,23 @@ from csvbridge.read.sniff import (  # noqa: F401 - detect_* re-exported
 
 csv.field_size_limit(sys.maxsize)
 
+__all__ = [
+    "CHUNK_BYTES",
+    "CsvFile",
+    "Dialect",
+    "ParsedChunk",
+    "ReadLimits",
+    "Row",
+    "detect_delimiter",
+    "detect_encoding",
+    "open_binary",
+    "parse_chunk",
+    "parse_lines",
+]
+
 SAMPLE_BYTES = 1 << 20
 CHUNK_BYTES = 1 << 21  # 2 MiB: enough rows to amortise IPC, small enough for flat memory
 GZIP_MAGIC = b"\x1f\x8b"
-_EXOTIC_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines breaks there
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,20 +100,6 @@ class Dialect:
             out["encoding_confident"] = self.encoding_confident
             out["encoding_note"] = self.encoding_note
         return out
-
-
-@dataclass(slots=True)
-class Row:
-    line: int  # source line where the record starts (the header is line 1)
-    cells: list[str]
-
-
-@dataclass(slots=True)
-class ParsedChunk:
-    rows: list[Row] = field(default_factory=list)
-    blank: int = 0  # blank lines skipped
-    bad_encoding: list[int] = field(default_factory=list)  # lines with undecodable bytes
-    boundary_ok: bool = True
 
 
 def open_binary(
@@ -441,87 +444,3 @@ class _Joined(io.RawIOBase):
         data = self._rest.read(len(b))
         b[: len(data)] = data
         return len(data)
-
-
-def parse_lines(
-    lines: list[str],
-    first_line: int,
-    delimiter: str,
-    quotechar: str = '"',
-    *,
-    max_cell: int | None = DEFAULT_LIMITS.max_cell_chars,
-) -> tuple[list[Row], int, bool]:
-    """Rows of complete lines (line ends kept) that start on a record boundary:
-    (rows, blank lines skipped, whether they also end on one).
-
-    A sentinel record is parsed after the lines: if a quote is still open at their
-    end, the sentinel is swallowed into the last field and the answer is False.
-    A record spanning several lines is checked against `max_cell` (single lines are
-    checked by the chunker, which sees every byte).
-    """
-    cap = max_cell or sys.maxsize
-    n = len(lines)
-    reader = csv.reader([*lines, SENTINEL + "\n"], delimiter=delimiter, quotechar=quotechar)
-    base = first_line - 1
-    prev_end = 0
-    rows: list[Row] = []
-    append = rows.append
-    blank = 0
-    for cells in reader:
-        start = base + prev_end + 1
-        end = reader.line_num
-        # (a record that swallowed the sentinel is an open quote, not a long cell)
-        if end - prev_end > 1 and end <= n and max(map(len, cells)) > cap:
-            j = max(range(len(cells)), key=lambda k: len(cells[k]))
-            raise cell_error(start, j + 1, len(cells[j]), cap)
-        prev_end = end
-        if not cells or (not cells[0] and not any(cells)):
-            blank += 1  # a blank line, or a spreadsheet's trailing ",,,," row
-            continue
-        append(Row(start, cells))
-    if rows and rows[-1].cells == [SENTINEL]:
-        rows.pop()
-        return rows, blank, True
-    return rows, blank, False
-
-
-def parse_chunk(
-    data: bytes,
-    first_line: int,
-    dialect: Dialect,
-    *,
-    max_cell: int | None = DEFAULT_LIMITS.max_cell_chars,
-) -> ParsedChunk:
-    """Parse one record-aligned chunk into rows with their starting line numbers."""
-    out = ParsedChunk()
-    try:
-        text = data.decode(dialect.encoding)
-        bad = False
-    except UnicodeDecodeError:
-        text = data.decode(dialect.encoding, errors="replace")
-        bad = True
-    if any(ch in text for ch in _EXOTIC_BREAKS):
-        # str.splitlines also breaks on form feeds, U+2028...; csv must not
-        lines = list(io.StringIO(text, newline=""))
-    else:
-        lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith(("\n", "\r")):
-        lines[-1] += "\n"
-    rows, out.blank, out.boundary_ok = parse_lines(
-        lines, first_line, dialect.delimiter, dialect.quotechar, max_cell=max_cell
-    )
-    out.rows = rows
-    base = first_line - 1
-    if "\r" in text and text.count("\r") != text.count("\r\n"):
-        # a bare CR (old Mac line end, or inside a quoted field) ended a line for the
-        # parser; line numbers count LF, as the chunker and editors do
-        nl = [0]
-        for piece in lines:
-            nl.append(nl[-1] + piece.endswith("\n"))
-        for r in rows:
-            r.line = base + nl[r.line - base - 1] + 1
-    if bad:
-        for r in rows:
-            if any("\ufffd" in c for c in r.cells):
-                out.bad_encoding.append(r.line)
-    return out
