@@ -27,7 +27,7 @@ class ReadLimits:
     max_columns: int | None = 20_000
     max_expanded_bytes: int | None = 16 << 30  # what a gzip file may expand to
     max_gzip_ratio: float | None = 250.0  # expanded / compressed...
-    gzip_ratio_after_bytes: int = 64 << 20  # ...once this much is expanded (small
+    gzip_ratio_after_bytes: int = 16 << 20  # ...once this much is expanded (small
     # files compress oddly well)
 
     @classmethod
