@@ -73,6 +73,7 @@ class ConvertSettings(_Section):
     max_columns: int | None = Field(_LIMITS.max_columns, ge=1)
     max_expanded_bytes: int | None = Field(_LIMITS.max_expanded_bytes, ge=1)
     max_gzip_ratio: float | None = Field(_LIMITS.max_gzip_ratio, gt=1)
+    gzip_ratio_after_bytes: int = Field(_LIMITS.gzip_ratio_after_bytes, ge=0)
 
 
 class FeedSettings(_Section):

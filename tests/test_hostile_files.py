@@ -246,9 +246,10 @@ def test_the_expanded_size_cap_is_configurable(tmp_path):
 
 
 def test_limits_come_from_the_convert_settings():
-    settings = ConvertSettings(max_cell_chars=10, max_gzip_ratio=None)
+    settings = ConvertSettings(max_cell_chars=10, max_gzip_ratio=None, gzip_ratio_after_bytes=0)
     limits = ReadLimits.from_settings(settings)
     assert limits.max_cell_chars == 10 and limits.max_gzip_ratio is None
+    assert limits.gzip_ratio_after_bytes == 0
     assert limits.max_record_bytes == ReadLimits().max_record_bytes
     assert ReadLimits.from_settings(ConvertSettings()) == ReadLimits()
 
