@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from csvbridge.errors import ConfigError
+from csvbridge.read.limits import DEFAULT_LIMITS as _LIMITS
 from csvbridge.redaction import register_secret
 
 Kind = Literal["conversions", "products"]
@@ -83,6 +84,15 @@ class ConvertSettings(_Section):
     delimiter: str | None = None  # None: detect among , ; tab |
     decimal_comma: bool | None = None  # None: assume it in ;-delimited files only
     workers: int | None = Field(None, ge=1)  # None: one per CPU
+    # reader caps (csvbridge.read.limits.ReadLimits; null switches one off): a file
+    # past one is refused with an error naming where
+    max_cell_chars: int | None = Field(_LIMITS.max_cell_chars, ge=1)
+    max_record_bytes: int | None = Field(_LIMITS.max_record_bytes, ge=1)
+    max_header_bytes: int | None = Field(_LIMITS.max_header_bytes, ge=1)
+    max_columns: int | None = Field(_LIMITS.max_columns, ge=1)
+    max_expanded_bytes: int | None = Field(_LIMITS.max_expanded_bytes, ge=1)
+    max_gzip_ratio: float | None = Field(_LIMITS.max_gzip_ratio, gt=1)
+    gzip_ratio_after_bytes: int = Field(_LIMITS.gzip_ratio_after_bytes, ge=0)
 
 
 class FeedSettings(_Section):

@@ -19,6 +19,17 @@ import orjson
 MAX_LINES_LISTED = 1000  # per aggregated problem; error_count stays exact
 MAX_IDS_LISTED = 100
 MAX_VALUES_LISTED = 10
+MAX_VALUE_CHARS = 200  # a value quoted in a report or a log line (cells can be huge)
+MAX_DETAIL_CHARS = 500  # details quote values too ("'…' is not a number")
+
+
+def clip(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """`text`, cut in the middle past `limit` characters, saying how much was cut:
+    a report must stay readable (and small) when a cell holds megabytes."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit // 2 - 10, 1)
+    return f"{text[:keep]}…[{len(text) - 2 * keep:,} characters cut]…{text[-keep:]}"
 
 
 class FileState(StrEnum):
@@ -112,6 +123,10 @@ class ProblemLog:
         self.raw: list[Problem] = []  # the first few occurrences, as recorded
 
     def add(self, p: Problem) -> None:
+        if p.value is not None and len(p.value) > MAX_VALUE_CHARS:
+            p.value = clip(p.value)
+        if len(p.detail) > MAX_DETAIL_CHARS:
+            p.detail = clip(p.detail, MAX_DETAIL_CHARS)
         if len(self.raw) < 1000:
             self.raw.append(p)
         table = self._warnings if p.warning else self._errors

@@ -397,3 +397,43 @@ def test_quote_counting_matches_bytes_count(density):
     data = bytes(34 if rnd.random() < density else 97 for _ in range(5000))
     for start, end in [(0, 5000), (17, 4000), (2500, 2501), (100, 50)]:
         assert _quotes(data, start, end) == data.count(b'"', start, end)
+
+
+# --------------------------------------------------------------------------- header rules
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_header_with_a_lone_quote_is_read_by_the_body_rules(eol):
+    # `Screen size (")`: a quote inside an unquoted cell is a character for the csv
+    # module; it must not open a quote that swallows the whole file into the header
+    data = f'id,Screen size ("),name{eol}1,15,a{eol}2,17,"b ""x"""{eol}3,19,c{eol}'.encode()
+    dialect, header, rows, _, _ = read_all(data)
+    assert header == ["id", 'Screen size (")', "name"]
+    assert dialect.delimiter == ","
+    assert rows == [(2, ["1", "15", "a"]), (3, ["2", "17", 'b "x"']), (4, ["3", "19", "c"])]
+
+
+def test_header_with_a_lone_quote_in_a_file_longer_than_the_sample(tmp_path):
+    # past the first MiB, today's reader started the rows mid-file
+    body = "".join(f"{i},{i % 30},name {i}\n" for i in range(80_000)).encode()
+    path = tmp_path / "screens.csv"
+    path.write_bytes(b'id,Screen size ("),name\n' + body)
+    assert path.stat().st_size > (1 << 20)
+    _, header, rows, _, _ = read_all(path)
+    assert header[1] == 'Screen size (")'
+    assert len(rows) == 80_000 and rows[0] == (2, ["0", "0", "name 0"])
+    assert rows[-1] == (80_001, ["79999", "19", "name 79999"])
+
+
+def test_header_delimiter_is_the_one_the_csv_module_splits_most():
+    # a ';' file whose header holds a lone quote and commas inside a quoted name
+    data = b'id;"size, in ""inch""";Screen size (");n\n1;2;3;4\n'
+    dialect, header, rows, _, _ = read_all(data)
+    assert dialect.delimiter == ";"
+    assert header == ["id", 'size, in "inch"', 'Screen size (")', "n"]
+    assert rows == [(2, ["1", "2", "3", "4"])]
+
+
+def test_header_opening_a_quote_that_never_closes_is_a_clear_error():
+    with pytest.raises(InputError, match="header row opens a quote that never closes"):
+        read_all(b'id,"name,price\n1,a,2\n2,b,3\n')

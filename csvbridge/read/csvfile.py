@@ -1,9 +1,12 @@
 """Read CSV exports whatever their dialect, as text, with exact source line numbers.
 
-What the reader decides once per file (`sniff`): compression (gzip by magic bytes),
-encoding (UTF-8 with or without BOM, else cp1252, else latin-1; or forced), delimiter
-(``,`` ``;`` tab ``|``: the one the header line uses most, outside quotes), and the
-header.  Then it cuts the byte stream into chunks that end on a record boundary, so that
+What the reader decides once per file (`csvbridge.read.sniff`): compression (gzip by
+magic bytes), whether it is a CSV at all (a workbook, JSON, an HTML page... are named),
+encoding (UTF-8 with or without BOM, else a detected code page, flagged when it is a
+guess; or forced), delimiter (``,`` ``;`` tab ``|``: the one that splits the header
+record into most cells) and the header, read by the csv module like the body.
+Everything is read within `ReadLimits` (cell, record, header, columns, gzip
+expansion), so memory stays bounded whatever the input.  Then it cuts the byte stream into chunks that end on a record boundary, so that
 several processes can parse in parallel (`chunks`), and parses a chunk into rows
 (`parse_chunk`).
 
@@ -22,25 +25,54 @@ from __future__ import annotations
 
 import codecs
 import csv
-import gzip
 import io
 import sys
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from csvbridge.errors import InputError
+from csvbridge.read.limits import (
+    DEFAULT_LIMITS,
+    GuardedGzip,
+    ReadLimits,
+    RecordTooLong,
+    cell_error,
+    size_text,
+)
+from csvbridge.read.parse import ParsedChunk, Row, parse_chunk, parse_lines
+from csvbridge.read.sniff import (  # noqa: F401 - detect_* re-exported
+    DELIMITERS,
+    SENTINEL,
+    detect_delimiter,
+    detect_encoding,
+    find_header,
+    identify,
+    not_csv_error,
+    sniff_encoding,
+)
 
 csv.field_size_limit(sys.maxsize)
 
-DELIMITERS = (",", ";", "\t", "|")
+__all__ = [
+    "CHUNK_BYTES",
+    "CsvFile",
+    "Dialect",
+    "ParsedChunk",
+    "ReadLimits",
+    "Row",
+    "detect_delimiter",
+    "detect_encoding",
+    "open_binary",
+    "parse_chunk",
+    "parse_lines",
+]
+
 SAMPLE_BYTES = 1 << 20
 CHUNK_BYTES = 1 << 21  # 2 MiB: enough rows to amortise IPC, small enough for flat memory
-SENTINEL = "\ufdd0csvbridge-end-of-chunk"
 GZIP_MAGIC = b"\x1f\x8b"
-_EXOTIC_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines breaks there
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,32 +84,31 @@ class Dialect:
     bom: bool = False
     gzip: bool = False
     quotechar: str = '"'
+    # False when the encoding is a guess between code pages the sample cannot tell
+    # apart; `encoding_note` says so in words, for the report
+    encoding_confident: bool = True
+    encoding_note: str | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "encoding": self.encoding,
             "delimiter": self.delimiter,
             "bom": self.bom,
             "gzip": self.gzip,
         }
+        if not self.encoding_confident or self.encoding_note:
+            out["encoding_confident"] = self.encoding_confident
+            out["encoding_note"] = self.encoding_note
+        return out
 
 
-@dataclass(slots=True)
-class Row:
-    line: int  # source line where the record starts (the header is line 1)
-    cells: list[str]
-
-
-@dataclass(slots=True)
-class ParsedChunk:
-    rows: list[Row] = field(default_factory=list)
-    blank: int = 0  # blank lines skipped
-    bad_encoding: list[int] = field(default_factory=list)  # lines with undecodable bytes
-    boundary_ok: bool = True
-
-
-def open_binary(source: str | Path | BinaryIO) -> tuple[BinaryIO, bool]:
-    """Open a path, ``-`` (stdin) or a stream; gunzip transparently. Returns (stream, gz)."""
+def open_binary(
+    source: str | Path | BinaryIO,
+    limits: ReadLimits = DEFAULT_LIMITS,
+    name: str | None = None,
+) -> tuple[BinaryIO, bool]:
+    """Open a path, ``-`` (stdin) or a stream; gunzip transparently, within `limits`.
+    Returns (stream, gz)."""
     if isinstance(source, (str, Path)):
         if str(source) == "-":
             raw: BinaryIO = sys.stdin.buffer
@@ -90,66 +121,8 @@ def open_binary(source: str | Path | BinaryIO) -> tuple[BinaryIO, bool]:
         raw = source
     buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
     if buffered.peek(2)[:2] == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=buffered, mode="rb"), True  # type: ignore[return-value]
+        return GuardedGzip(buffered, limits, name), True  # type: ignore[return-value]
     return buffered, False
-
-
-def detect_encoding(
-    sample: bytes, forced: str | None = None, *, whole: bool = False
-) -> tuple[str, bool]:
-    """(encoding, had_bom).  UTF-8 first (the sample may end mid-character unless it is
-    the `whole` file), then cp1252."""
-    if sample.startswith(codecs.BOM_UTF8):
-        return "utf-8", True
-    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise InputError("the file is UTF-16; re-export it as UTF-8 (or cp1252)")
-    if forced:
-        try:
-            codecs.lookup(forced)
-        except LookupError:
-            raise InputError(f"unknown encoding {forced!r}") from None
-        if '\n\r,;\t|"'.encode(forced, errors="replace") != b'\n\r,;\t|"':
-            # delimiters, quotes and line ends are found as ASCII bytes
-            raise InputError(
-                f"encoding {forced!r} is not ASCII-compatible; re-export the file as UTF-8"
-            )
-        return forced, False
-    if b"\x00" in sample[:4096]:
-        raise InputError("the file is binary (it contains NUL bytes), not a CSV export")
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(sample, final=whole)
-        return "utf-8", False
-    except UnicodeDecodeError:
-        pass
-    try:
-        sample.decode("cp1252")
-        return "cp1252", False
-    except UnicodeDecodeError:
-        return "latin-1", False
-
-
-def _first_record(text: str) -> str:
-    """The header record's text (it may itself contain quoted newlines)."""
-    in_quotes = False
-    for i, ch in enumerate(text):
-        if ch == '"':
-            in_quotes = not in_quotes
-        elif ch == "\n" and not in_quotes:
-            return text[:i]
-    return text
-
-
-def detect_delimiter(header_text: str) -> str:
-    """The candidate used most in the header line, outside quotes."""
-    counts = dict.fromkeys(DELIMITERS, 0)
-    in_quotes = False
-    for ch in header_text:
-        if ch == '"':
-            in_quotes = not in_quotes
-        elif not in_quotes and ch in counts:
-            counts[ch] += 1
-    best = max(DELIMITERS, key=lambda d: counts[d])
-    return best if counts[best] else ","
 
 
 class CsvFile:
@@ -162,47 +135,90 @@ class CsvFile:
         name: str | None = None,
         encoding: str | None = None,
         delimiter: str | None = None,
+        limits: ReadLimits | None = None,
     ) -> None:
         self.name = name or (str(source) if isinstance(source, (str, Path)) else "<stream>")
-        self._stream, gz = open_binary(source)
+        self.limits = limits = limits or DEFAULT_LIMITS
+        self._stream, gz = open_binary(source, limits, self.name)
         try:
-            sample = self._stream.read(SAMPLE_BYTES)
+            sample = self._read(SAMPLE_BYTES)
+            self._sniff(source, sample, gz, encoding, delimiter)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self._stream.read(n)
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"cannot read input: {exc}", file=self.name) from None
+
+    def _sniff(
+        self,
+        source: str | Path | BinaryIO,
+        sample: bytes,
+        gz: bool,
+        encoding: str | None,
+        delimiter: str | None,
+    ) -> None:
+        """Dialect and header from the first bytes (more when the header is longer)."""
         # a plain file on disk: worker processes can read a chunk themselves at its
         # offset (`chunk_offset`) instead of receiving its bytes through a pipe
         plain = isinstance(source, (str, Path)) and str(source) != "-" and not gz
         self.path: str | None = str(source) if plain else None
+        what = identify(sample)
+        if what is not None:
+            raise not_csv_error(what, self.name)
         consumed = len(sample)
-        enc, bom = detect_encoding(sample, encoding, whole=len(sample) < SAMPLE_BYTES)
-        if bom:
+        eof = len(sample) < SAMPLE_BYTES
+        guess = sniff_encoding(sample, encoding, whole=eof)
+        enc = guess.encoding
+        if guess.bom:
             sample = sample[len(codecs.BOM_UTF8) :]
         if not sample.strip():
             raise InputError("the file is empty (no header row)", file=self.name)
-        # surrogateescape: undecodable bytes (a forced encoding) map back to themselves,
-        # so the header's length in bytes is exact
-        head_bytes = _first_record(sample.decode(enc, errors="surrogateescape")).encode(
-            enc, errors="surrogateescape"
-        )
-        header_text = head_bytes.decode(enc, errors="replace")
         if delimiter is not None and len(delimiter) != 1:
             raise InputError(f"delimiter must be one character, got {delimiter!r}")
-        delim = delimiter or detect_delimiter(header_text)
-        self.dialect = Dialect(enc, delim, bom, gz)
-        if "\r" in header_text and b"\n" not in sample:
-            raise InputError(
-                "lines end with a bare CR (classic Mac OS): re-export the file with LF or "
-                "CRLF line ends",
-                file=self.name,
-            )
-        try:
-            header_rows = list(csv.reader(io.StringIO(header_text), delimiter=delim))
-        except csv.Error as exc:
-            raise InputError(f"cannot read the header row: {exc}", file=self.name) from None
-        if not header_rows or not any(c.strip() for c in header_rows[0]):
+        cap = self.limits.max_header_bytes
+        while True:
+            if b"\r" in sample and b"\n" not in sample and (eof or len(sample) > 65536):
+                raise InputError(
+                    "lines end with a bare CR (classic Mac OS): re-export the file with LF "
+                    "or CRLF line ends",
+                    file=self.name,
+                )
+            # surrogateescape: undecodable bytes (a forced encoding) map back to
+            # themselves, so the header's length in bytes is exact
+            text = sample.decode(enc, errors="surrogateescape")
+            head = find_header(text, eof=eof, delimiter=delimiter)
+            if head is not None and (cap is None or len(head.text) <= cap):
+                break
+            if cap is not None and len(sample) > cap:
+                raise RecordTooLong(
+                    f"the header row is longer than {size_text(cap)} (max_header_bytes); "
+                    "check the line breaks of the export or raise the limit",
+                    file=self.name,
+                    line=1,
+                )
+            more = self._read(max(len(sample), CHUNK_BYTES))
+            eof = not more
+            consumed += len(more)
+            sample += more
+        head_bytes = head.text.encode(enc, errors="surrogateescape")
+        self.dialect = Dialect(
+            enc,
+            head.delimiter,
+            guess.bom,
+            gz,
+            encoding_confident=guess.confident,
+            encoding_note=guess.note,
+        )
+        cells = [c.encode(enc, "surrogateescape").decode(enc, "replace") for c in head.cells]
+        if not cells or not any(c.strip() for c in cells):
             raise InputError("the first row is empty: a header row is required", file=self.name)
-        self.header = header_rows[0]
-        self.header_lines = header_text.count("\n") + 1
+        self._check_header(cells)
+        self.header = cells
+        self.header_lines = head.text.count("\n") + 1
         # bytes after the header record (its own line break excluded)
         rest = sample[len(head_bytes) :]
         if rest.startswith(b"\r"):
@@ -212,9 +228,25 @@ class CsvFile:
         self._pending = rest
         self.chunk_offset = consumed - len(rest)  # file offset of the last chunk yielded
 
+    def _check_header(self, cells: list[str]) -> None:
+        lim = self.limits
+        if lim.max_columns is not None and len(cells) > lim.max_columns:
+            raise InputError(
+                f"the header has {len(cells):,} columns, more than {lim.max_columns:,} "
+                "(max_columns); check the delimiter or raise the limit",
+                file=self.name,
+                line=1,
+            )
+        cap = lim.max_cell_chars
+        if cap is not None:
+            for j, c in enumerate(cells):
+                if len(c) > cap:
+                    raise cell_error(1, j + 1, len(c), cap, None, self.name)
+
     def close(self) -> None:
-        if self._stream is not sys.stdin.buffer:
-            self._stream.close()
+        stream = getattr(self, "_stream", None)
+        if stream is not None and stream is not sys.stdin.buffer:
+            stream.close()
 
     def __enter__(self) -> CsvFile:
         return self
@@ -236,10 +268,7 @@ class CsvFile:
                 # piece"), and read(n) allocates n bytes up front
                 parts, have = [buf], len(buf)
                 while have < size:
-                    try:
-                        more = self._stream.read(min(size - have, CHUNK_BYTES))
-                    except (OSError, EOFError, zlib.error) as exc:
-                        raise InputError(f"cannot read input: {exc}", file=self.name) from None
+                    more = self._read(min(size - have, CHUNK_BYTES))
                     if not more:
                         eof = True
                         break
@@ -250,17 +279,73 @@ class CsvFile:
                 cut = len(buf)
             else:
                 cut = self._boundary(buf, quotes_odd, size)
-                if cut < 0:  # one record larger than the chunk: read more
-                    size *= 2
-                    continue
+                if cut < 0:  # one record larger than the chunk: read more, up to the cap
+                    cap = self.limits.max_record_bytes
+                    if cap is None or size < cap:
+                        size = size * 2 if cap is None else min(size * 2, max(cap, size))
+                        continue
+                    # no record end by quote parity within the cap: cut at the last line
+                    # break and let the csv module judge (a stray quote inside an unquoted
+                    # field fools parity, not the parser; a real open quote sends the
+                    # engine to `rows`, which stops at the cap)
+                    cut = buf.rfind(b"\n", 0, size) + 1
+                    if not cut:
+                        if not self._too_many_cells(buf[:size], line):
+                            self._check_cells(buf[:size], line, partial=True)
+                        raise self._too_long(line)
             piece, buf = buf[:cut], buf[cut:]
             if piece:
+                if len(piece) > CHUNK_BYTES and self._too_many_cells(piece, line):
+                    raise self._too_long(line)
+                self._check_cells(piece, line)
                 # a cut is always made outside quotes, so the next piece starts outside
                 quotes_odd = False
                 self.chunk_offset = pos
                 yield piece, line
                 pos += len(piece)
                 line += piece.count(b"\n")
+
+    def _too_long(self, line: int) -> RecordTooLong:
+        cap = self.limits.max_record_bytes or 0
+        return RecordTooLong(
+            f"the record starting at line {line} is longer than {size_text(cap)} "
+            "(max_record_bytes): a line break or a closing quote is missing, or a cell is "
+            "far too long; fix the export or raise the limit",
+            file=self.name,
+            line=line,
+        )
+
+    def _too_many_cells(self, piece: bytes, line: int) -> bool:
+        """A big piece (a record past the chunk size) holding more delimiters than
+        `max_columns` per line: parsing it would make millions of tiny strings."""
+        cols = self.limits.max_columns
+        if cols is None:
+            return False
+        delims = piece.count(self.dialect.delimiter.encode(self.dialect.encoding))
+        return delims > (piece.count(b"\n") + 1) * cols
+
+    def _check_cells(self, piece: bytes, line: int, *, partial: bool = False) -> None:
+        """Refuse a cell longer than `max_cell_chars` in a single-line record.
+
+        Cheap on the hot path: such a line holds a whole window of ``cap / 2`` bytes
+        without a line break, so a few find() calls per chunk clear it; only a chunk
+        with such a window is parsed here.  Cells spanning several lines (quoted
+        line breaks) are checked by `parse_lines`.
+        """
+        cap = self.limits.max_cell_chars
+        if cap is None or len(piece) <= cap:
+            return
+        w = max(cap // 2, 1)
+        find = piece.find
+        if all(find(b"\n", i, i + w) >= 0 for i in range(0, len(piece) - w + 1, w)):
+            return
+        for row in parse_chunk(piece, line, self.dialect, max_cell=cap).rows:
+            for j, c in enumerate(row.cells):
+                if len(c) > cap:
+                    name = self.header[j] if j < len(self.header) else None
+                    raise cell_error(
+                        row.line, j + 1, len(c), cap, name, self.name, at_least=partial
+                    )
 
     def rows(self) -> Iterator[Row | None]:
         """Every record after the header, read sequentially (None for a blank line).
@@ -276,19 +361,31 @@ class CsvFile:
         # the text stream also ends a line at a bare CR; line numbers count LF (as the
         # chunked path does), so count the LF-ended lines handed to the parser
         handed = [0, ""]  # LF-ended lines before the last one handed out; the last one
+        base = self.header_lines
+        record_cap = self.limits.max_record_bytes or sys.maxsize
+        cell_cap = self.limits.max_cell_chars or sys.maxsize
+        size = [0]  # characters of the record being read so far
 
         def lines() -> Iterator[str]:
-            for piece in text:
+            # readline(n): a line without a break never grows past the cap in memory
+            while piece := text.readline(record_cap + 1):
+                size[0] += len(piece)
+                if size[0] > record_cap:
+                    raise self._too_long(base + prev + 1)
                 handed[1] = piece
                 yield piece
                 handed[0] += piece.endswith("\n")
 
         reader = csv.reader(lines(), delimiter=d.delimiter, quotechar=d.quotechar)
-        base = self.header_lines
         prev = 0
         for cells in reader:
             start = base + prev + 1
             prev = handed[0] + handed[1].endswith("\n")
+            size[0] = 0
+            if cells and max(map(len, cells)) > cell_cap:
+                j = max(range(len(cells)), key=lambda k: len(cells[k]))
+                name = self.header[j] if j < len(self.header) else None
+                raise cell_error(start, j + 1, len(cells[j]), cell_cap, name, self.name)
             yield Row(start, cells) if cells and (cells[0] or any(cells)) else None
 
     @staticmethod
@@ -297,12 +394,14 @@ class CsvFile:
         end = min(end, len(buf))
         total_odd = quotes_odd ^ (_quotes(buf, 0, end) % 2 == 1)
         pos = end
+        after_odd = False  # parity of the quotes between `pos` and `end`
         while True:
             nl = buf.rfind(b"\n", 0, pos)
             if nl < 0:
                 return -1
-            # parity before `nl` = parity at `end` minus quotes between them
-            after_odd = buf.count(b'"', nl, end) % 2 == 1
+            # parity before `nl` = parity at `end` minus quotes between them (counted
+            # a stretch at a time: a stray quote must not make this quadratic)
+            after_odd ^= buf.count(b'"', nl, pos) % 2 == 1
             if not (total_odd ^ after_odd):
                 return nl + 1
             pos = nl
@@ -345,67 +444,3 @@ class _Joined(io.RawIOBase):
         data = self._rest.read(len(b))
         b[: len(data)] = data
         return len(data)
-
-
-def parse_lines(
-    lines: list[str], first_line: int, delimiter: str, quotechar: str = '"'
-) -> tuple[list[Row], int, bool]:
-    """Rows of complete lines (line ends kept) that start on a record boundary:
-    (rows, blank lines skipped, whether they also end on one).
-
-    A sentinel record is parsed after the lines: if a quote is still open at their
-    end, the sentinel is swallowed into the last field and the answer is False.
-    """
-    reader = csv.reader([*lines, SENTINEL + "\n"], delimiter=delimiter, quotechar=quotechar)
-    base = first_line - 1
-    prev_end = 0
-    rows: list[Row] = []
-    append = rows.append
-    blank = 0
-    for cells in reader:
-        start = base + prev_end + 1
-        prev_end = reader.line_num
-        if not cells or (not cells[0] and not any(cells)):
-            blank += 1  # a blank line, or a spreadsheet's trailing ",,,," row
-            continue
-        append(Row(start, cells))
-    if rows and rows[-1].cells == [SENTINEL]:
-        rows.pop()
-        return rows, blank, True
-    return rows, blank, False
-
-
-def parse_chunk(data: bytes, first_line: int, dialect: Dialect) -> ParsedChunk:
-    """Parse one record-aligned chunk into rows with their starting line numbers."""
-    out = ParsedChunk()
-    try:
-        text = data.decode(dialect.encoding)
-        bad = False
-    except UnicodeDecodeError:
-        text = data.decode(dialect.encoding, errors="replace")
-        bad = True
-    if any(ch in text for ch in _EXOTIC_BREAKS):
-        # str.splitlines also breaks on form feeds, U+2028...; csv must not
-        lines = list(io.StringIO(text, newline=""))
-    else:
-        lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith(("\n", "\r")):
-        lines[-1] += "\n"
-    rows, out.blank, out.boundary_ok = parse_lines(
-        lines, first_line, dialect.delimiter, dialect.quotechar
-    )
-    out.rows = rows
-    base = first_line - 1
-    if "\r" in text and text.count("\r") != text.count("\r\n"):
-        # a bare CR (old Mac line end, or inside a quoted field) ended a line for the
-        # parser; line numbers count LF, as the chunker and editors do
-        nl = [0]
-        for piece in lines:
-            nl.append(nl[-1] + piece.endswith("\n"))
-        for r in rows:
-            r.line = base + nl[r.line - base - 1] + 1
-    if bad:
-        for r in rows:
-            if any("\ufffd" in c for c in r.cells):
-                out.bad_encoding.append(r.line)
-    return out
