@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from csvbridge.convert.fold import Built, Plan, normalize_header
+from csvbridge.convert.fold import Built, CellError, Plan, normalize_header
 from csvbridge.errors import InputError
 from csvbridge.read.csvfile import Row
 from csvbridge.schema.codecs import CodecOptions
@@ -375,3 +375,92 @@ def test_two_different_values_are_still_a_conflict_when_some_rows_are_blank():
     built = fold(rows)
     assert codes(built) == ["CONFLICTING_VALUES"]
     assert obj(fold(rows, conflict="last"))["comment"] == "b"
+
+
+# --------------------------------------------------------------------------- one schema source
+
+
+def _variant_plan(model: type, header: list[str]) -> Plan:
+    from csvbridge.schema.structure import structure_of
+
+    return plan_for(header, structure=structure_of(model, "conversions"))
+
+
+def _row_code_and_codec(plan: Plan, path: str) -> tuple[str, Any]:
+    col = plan.column_of[path]
+    return plan.generated, plan.codecs[col].codec
+
+
+def test_a_changed_length_in_the_model_changes_codec_and_inline_check():
+    """One edit in schema/ (a maxLength) and both the codec and the row code's inline
+    check follow; the pydantic model agrees with the fold."""
+    from csvbridge.schema.models import _text
+
+    class ShortComment(Conversion):
+        comment: _text(1, 10) | None = None
+
+    header = [*BASE, "comment"]
+    plan = _variant_plan(ShortComment, header)
+    code, codec = _row_code_and_codec(plan, "comment")
+    assert "len(v) <= 10" in code
+    assert codec("x" * 10) == b'"' + b"x" * 10 + b'"'
+    for text, ok in (("x" * 10, True), ("x" * 11, False)):
+        built = plan.build([Row(2, [*BASE.values(), text])])
+        assert (built.record is not None) is ok, codes(built)
+        if ok:
+            ShortComment.model_validate(obj(built))
+        else:
+            assert codes(built) == ["INVALID_PROPERTY_FORMAT"]
+    # the documented model still allows 250
+    assert plan_for(header).build([Row(2, [*BASE.values(), "x" * 11])]).record is not None
+
+
+def test_a_changed_requirement_enum_bound_and_item_limit_follow_the_model():
+    from typing import Annotated
+
+    from pydantic import Field
+
+    from csvbridge.schema.models import (
+        ConversionItem,
+        Text250,
+        UniqueBy,
+        _enum,
+        _number,
+    )
+
+    class PricedItem(ConversionItem):
+        price: _number(ge=0) | None = None
+
+    class Strict(Conversion):
+        comment: Text250  # now required
+        status: _enum("pending", "on_hold")
+        conversion_items: Annotated[
+            list[PricedItem], Field(min_length=1, max_length=3), UniqueBy("id")
+        ]
+
+    with pytest.raises(InputError, match="required column missing: comment"):
+        _variant_plan(Strict, list(BASE))
+    header = [*BASE, "comment", "conversion_items.price"]
+    plan = _variant_plan(Strict, header)
+    code, codec = _row_code_and_codec(plan, "conversion_items.price")
+    assert "PLAIN_NUMBER(v) and float(v) >= 0" in code
+
+    def row(n: int, **cells: str) -> Row:
+        values = {**BASE, "comment": "hi", "conversion_items.price": "1", **cells}
+        return Row(n, [values[h] for h in header])
+
+    good = plan.build([row(2, status="on_hold")])
+    Strict.model_validate(obj(good))
+    assert codes(plan.build([row(2, status="shipped")])) == ["INVALID_PROPERTY_FORMAT"]
+    assert codes(plan.build([row(2, comment="")])) == ["MISSING_REQUIRED_PROPERTY"]
+    assert plan.build([row(2, comment="")]).problems[0].property == "comment"
+    bad = plan.build([row(2, **{"conversion_items.price": "-1"})])
+    assert codes(bad) == ["INVALID_PROPERTY_FORMAT"] and bad.problems[0].value == "-1"
+    assert codec("0.5") == b"0.5"
+    with pytest.raises(CellError):
+        codec("-1.5")
+    four = [row(n, **{"conversion_items.id": f"i{n}"}) for n in range(2, 6)]
+    assert codes(plan.build(four)) == ["TOO_MANY_ITEMS"]
+    assert plan.build(four[:3]).record is not None
+    # the documented models still say 150 items, any status of the list, no bound
+    assert plan_for(header).build(four).record is not None

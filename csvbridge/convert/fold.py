@@ -31,26 +31,18 @@ from csvbridge.schema.codecs import (
     CachedCodec,
     CellError,
     CodecOptions,
+    FastCheck,
     Flagged,
-    inline_test,
+    fast_check,
     make_codec,
 )
-from csvbridge.schema.models import (
-    HEADER_ALIASES,
-    MAX_ITEMS,
-    READ_ONLY_CONVERSION_FIELDS,
-    Conversion,
-    Product,
-    Rule,
-    field_rules,
+from csvbridge.schema.structure import (
+    MAX_PATH_DEPTH,
+    STRUCTURES,
+    Structure,
+    classify,
+    normalize_header,
 )
-
-ITEMS = "conversion_items"
-ITEM_PREFIX = ITEMS + "."
-CONVERSION_RULES = field_rules(Conversion)
-PRODUCT_RULES = field_rules(Product)
-CUSTOM_RULE = Rule("object")
-USER_EXTRA_RULE = Rule("text", min_len=1)
 
 
 @dataclass(slots=True, frozen=True)
@@ -71,35 +63,6 @@ class Built:
     rows: int
     lines: tuple[int, ...] = ()
     id: str | None = None
-
-
-def normalize_header(name: str) -> str:
-    key = name.strip().lower()
-    return HEADER_ALIASES.get(key, key)
-
-
-def classify(path: str, kind: str) -> tuple[str, Rule | None, str | None]:
-    """(path, rule, reason-if-ignored) for a documented dot path of `kind` objects."""
-    rule = (PRODUCT_RULES if kind == "products" else CONVERSION_RULES).get(path)
-    if rule is not None and rule.kind == "object":
-        # a whole custom object in one cell would be sent as a string
-        return path, None, f"an object: give each key its own column ({path}.<key>)"
-    if kind == "products":
-        if path in PRODUCT_RULES:
-            return path, PRODUCT_RULES[path], None
-        if path.startswith("custom.") and len(path) > 7:
-            return path, CUSTOM_RULE, None
-        return path, None, "not a documented Product property"
-    if path in READ_ONLY_CONVERSION_FIELDS:
-        return path, None, "read-only at conversion level: the platform computes it"
-    if path in CONVERSION_RULES:
-        return path, CONVERSION_RULES[path], None
-    for prefix in ("custom.", "conversion_items.custom.", "conversion_items.product.custom."):
-        if path.startswith(prefix) and len(path) > len(prefix):
-            return path, CUSTOM_RULE, None
-    if path.startswith("user.") and len(path) > 5:
-        return path, USER_EXTRA_RULE, None
-    return path, None, "not a documented conversion property"
 
 
 @dataclass
@@ -128,7 +91,10 @@ class Plan:
         kind: str = "conversions",
         options: CodecOptions = CodecOptions(),
         conflict: str = "reject",
+        structure: Structure | None = None,
     ) -> None:
+        # the structural rules (required fields, items, unique ids) come from the models
+        st = self.structure = structure or STRUCTURES[kind]
         self.kind = kind
         self.paths = paths
         self.sources = sources
@@ -137,13 +103,19 @@ class Plan:
         self.conflict = conflict
         self.ignored: list[tuple[int, str]] = []  # (column, reason)
         self.codecs: dict[int, CachedCodec] = {}
-        self.inline: dict[int, str | None] = {}  # cells.inline_test of each column
+        self.fast: dict[int, FastCheck | None] = {}  # inlined in the row code
         seen: dict[str, int] = {}
         used: list[tuple[int, str]] = []
         for i, p in enumerate(paths):
             if not p:
                 continue
-            path, rule, reason = classify(p, kind)
+            path = p
+            if p.count(".") >= MAX_PATH_DEPTH:
+                raise InputError(
+                    f"column {sources[i][:80]!r}: its dot path has {p.count('.') + 1} levels; "
+                    f"at most {MAX_PATH_DEPTH} are supported"
+                )
+            rule, reason = st.classify(p)
             if rule is None:
                 self.ignored.append((i, reason or "ignored"))
                 continue
@@ -153,7 +125,7 @@ class Plan:
                 )
             seen[path] = i
             self.codecs[i] = CachedCodec(make_codec(path, rule, options))
-            self.inline[i] = inline_test(path, rule)
+            self.fast[i] = fast_check(path, rule)
             used.append((i, path))
         for i, path in [(i, p) for i, p in used if _under_a_value(p, seen)]:
             # custom.a and custom.a.b: "a" cannot be a value and an object at once
@@ -162,10 +134,16 @@ class Plan:
             self.ignored.append((i, "a parent of this path is filled by another column"))
         self.column_of = seen
         self.item_id_from_product = False
+        item_prefix = st.item_prefix
         self._item_memo: dict[str, bytes] | None = None
         self._memo_tries = self._memo_hits = 0
         self._lanes: dict[tuple[str, int], tuple[Callable[..., Any], int, int]] = {}
         self._check_required()
+        # required cells the row code checks (the object's id and the item key are
+        # checked by the fold, which needs them anyway); problems come in this order
+        keys = {"id", item_prefix + (st.item_key or "")}
+        self._required_rank = {p: n for n, p in enumerate(st.required)}
+        self._required_cols = {seen[p] for p in st.required if p in seen and p not in keys}
         if kind == "products":
             self.id_col = seen["id"]
             self._item_fn = None
@@ -173,15 +151,14 @@ class Plan:
             self.conv_cols: tuple[int, ...] = ()
         else:
             self.id_col = seen["id"]
-            item_cols = [(i, p[len(ITEM_PREFIX) :]) for i, p in used if p.startswith(ITEM_PREFIX)]
-            conv_cols = [(i, p) for i, p in used if not p.startswith(ITEM_PREFIX)]
+            item_cols = [(i, p[len(item_prefix) :]) for i, p in used if p.startswith(item_prefix)]
+            conv_cols = [(i, p) for i, p in used if not p.startswith(item_prefix)]
             self.conv_cols = tuple(i for i, _ in conv_cols)
             self._head_fn = self._generate("_head", self._tree(conv_cols, ""), top=True)
             item_tree = self._item_tree = self._tree(item_cols, "")
             self._item_fn = self._generate("_item", item_tree, top=False)
-            self.item_id_col = seen.get(ITEM_PREFIX + "id", seen[ITEM_PREFIX + "product.id"])
-            self._qty_col = seen[ITEM_PREFIX + "original_quantity"]
-            self._pid_col = seen[ITEM_PREFIX + "product.id"]
+            item_key = item_prefix + (st.item_key or "id")
+            self.item_id_col = seen.get(item_key, seen.get(st.fill_from.get(item_key, "")))
             # build_shared may memoise an item's JSON after its id member when that
             # member is written first (the documented header's order)
             first = item_tree.members[0][1] if item_tree.members else None
@@ -193,17 +170,21 @@ class Plan:
     # ------------------------------------------------------------------ compile
 
     def _check_required(self) -> None:
-        have = set(self.column_of)
-        if self.kind == "products":
-            missing = [] if "id" in have else ["id"]
-        else:
-            missing = [p for p in ("id", "type", "status", "created", "currency") if p not in have]
-            if not any(p.startswith("user.") for p in have):
-                missing.append("user.email (or another user.* column)")
-            for p in ("conversion_items.original_quantity", "conversion_items.product.id"):
-                if p not in have:
-                    missing.append(p)
-            if "conversion_items.id" not in have and "conversion_items.product.id" in have:
+        """Every required field has a column (the model's required fields, `FillFrom`)."""
+        st, have = self.structure, set(self.column_of)
+        head = [p for p in st.required if not (st.items and p.startswith(st.item_prefix))]
+        items = [p for p in st.required if p not in head]
+        missing = [p for p in head if p not in have]
+        for ne in st.non_empty:
+            if not any(p.startswith(ne.path + ".") for p in have):
+                missing.append(f"{ne.path}.{ne.example} (or another {ne.path}.* column)")
+        for p in items:
+            fallback = st.fill_from.get(p)
+            if p in have:
+                continue
+            if fallback is None:
+                missing.append(p)
+            elif fallback in have and p == st.item_prefix + (st.item_key or ""):
                 # documented fallback: "you can use the product id as value"
                 self.item_id_from_product = True
         if missing:
@@ -310,10 +291,9 @@ class Plan:
                 lines.append(f"{pad}if v:")
                 lines.append(f"{pad}    r = K{col}.get(v)")
                 lines.append(f"{pad}    if r is None:")
-                test = self.inline[col]
-                if test is not None:
-                    value = "v.encode()" if test == "PLAIN_NUMBER(v)" else "_dumps(v)"
-                    lines.append(f"{pad}        if {test}: r = X{col} + {value}")
+                fast = self.fast[col]
+                if fast is not None:
+                    lines.append(f"{pad}        if {fast.test}: r = X{col} + {fast.value}")
                     lines.append(f"{pad}        else:")
                     lines.append(f"{pad}            r = F{col}(v)")
                     lines.append(
@@ -325,6 +305,8 @@ class Plan:
                         f"{pad}        if r.__class__ is not bytes: r = _flag({col}, r, P)"
                     )
                 lines.append(f"{pad}    {var}_(r)")
+                if col in self._required_cols:
+                    lines.append(f"{pad}else: P.append(({col}, None))  # required")
 
         emit(root, "out", 1)
         lines.append("    return out")
@@ -389,13 +371,8 @@ class Plan:
             if self._memo_tries > ITEM_MEMO_TRIAL and self._memo_hits * 4 < self._memo_tries:
                 # items rarely repeat in this file (prices vary...): stop paying for it
                 self._item_memo = memo = None
-        lane_item, cut, text_at = self._lane_item(delimiter, n_head)
-        pid_in_text = self._pid_col - text_at if cut >= 0 else -1
-        id_at, qty_at, pid_at = (
-            self.item_id_col - n_head,
-            self._qty_col - n_head,
-            self._pid_col - n_head,
-        )
+        lane_item, cut, _ = self._lane_item(delimiter, n_head)
+        id_at = self.item_id_col - n_head
         for line, text in items:
             rest = None
             if memo is not None:
@@ -415,14 +392,7 @@ class Plan:
             P: list[tuple[int, Any]] = []
             parts = lane_item(c, P)
             iid = c[id_at]
-            if pid_in_text < 0:
-                has_pid = c[pid_at]
-            elif pid_in_text == 0:  # the product text starts with the product id
-                t = c[-1]
-                has_pid = t and not t.startswith(delimiter)
-            else:
-                has_pid = c[-1].split(delimiter, pid_in_text + 1)[pid_in_text]
-            if P or not iid or iid in seen_ids or not c[qty_at] or not has_pid:
+            if P or not iid or iid in seen_ids:
                 # something to report: the ordinary path, which reports it exactly
                 cells = head + text.split(delimiter)
                 out.append(self._item_member(cells, line, cid, seen_ids, problems, rest))
@@ -473,19 +443,19 @@ class Plan:
         members = self._head_fn(cells, P)
         if P:
             problems.extend(self._problems(P, cells, line, cid))
-        for p in ("type", "status", "created", "currency"):
-            if not cells[self.column_of[p]]:
-                problems.append(self._missing(p, line, cid))
-        if not any(m.startswith(b'"user":') for m in members):
-            problems.append(
-                Problem(
-                    "MISSING_REQUIRED_PROPERTY",
-                    "user needs at least one property (e.g. user.email) to match on",
-                    "user",
-                    (line,),
-                    cid,
+        for ne in self.structure.non_empty:
+            prefix = orjson.dumps(ne.path) + b":"
+            if not any(m.startswith(prefix) for m in members):
+                problems.append(
+                    Problem(
+                        "MISSING_REQUIRED_PROPERTY",
+                        f"{ne.path} needs at least one property (e.g. {ne.path}.{ne.example}) "
+                        "to match on",
+                        ne.path,
+                        (line,),
+                        cid,
+                    )
                 )
-            )
         return members
 
     def _item_member(
@@ -505,21 +475,26 @@ class Plan:
         before = len(problems)
         P: list[tuple[int, Any]] = []
         parts = self._item_fn(c, P)  # type: ignore[misc]
+        missing: list[Problem] = []
         if P:
-            problems.extend(self._problems(P, c, line, cid))
+            found = self._problems(P, c, line, cid)
+            n_cells = sum(1 for _, r in P if r is not None)
+            problems.extend(found[:n_cells])
+            missing = found[n_cells:]  # after the item key's problems
         item_col = self.item_id_col
+        item_key = self.structure.item_prefix + (self.structure.item_key or "")
         iid = c[item_col]
         if self.item_id_from_product and iid:
-            parts.insert(0, b'"id":' + orjson.dumps(iid))
+            parts.insert(0, orjson.dumps(self.structure.item_key) + b":" + orjson.dumps(iid))
         if not iid:
-            problems.append(self._missing(ITEM_PREFIX + "id", line, cid))
+            problems.append(self._missing(item_key, line, cid))
         elif iid in seen_ids:
             problems.append(
                 Problem(
                     "DUPLICATE_ITEM_ID",
                     f"conversion item id {iid!r} appears twice in the conversion; "
                     "item ids must be unique within a conversion",
-                    ITEM_PREFIX + "id",
+                    item_key,
                     (seen_ids[iid], line),
                     cid,
                     self.sources[item_col],
@@ -528,10 +503,7 @@ class Plan:
             )
         else:
             seen_ids[iid] = line
-        if not c[self._qty_col]:
-            problems.append(self._missing(ITEM_PREFIX + "original_quantity", line, cid))
-        if not c[self._pid_col]:
-            problems.append(self._missing(ITEM_PREFIX + "product.id", line, cid))
+        problems.extend(missing)
         if memo_key is not None and len(problems) == before:
             self._remember(memo_key, parts)
         return b"{" + b",".join(parts) + b"}"
@@ -553,13 +525,24 @@ class Plan:
         problems: list[Problem],
         lines: tuple[int, ...],
     ) -> Built:
-        if len(items) > MAX_ITEMS:
+        st = self.structure
+        if st.max_items is not None and len(items) > st.max_items:
             problems.append(
                 Problem(
                     "TOO_MANY_ITEMS",
-                    f"{len(items)} conversion items; the API accepts at most {MAX_ITEMS} "
+                    f"{len(items)} conversion items; the API accepts at most {st.max_items} "
                     "per conversion",
-                    ITEMS,
+                    st.items,
+                    lines,
+                    cid,
+                )
+            )
+        elif len(items) < st.min_items:  # a conversion has a row per item: never today
+            problems.append(
+                Problem(
+                    "TOO_FEW_ITEMS",
+                    f"{len(items)} conversion items; the API needs at least {st.min_items}",
+                    st.items,
                     lines,
                     cid,
                 )
@@ -625,6 +608,8 @@ class Plan:
     def _problems(
         self, P: list[tuple[int, Any]], cells: list[str], line: int, cid: str | None
     ) -> list[Problem]:
+        """The problems the row code recorded: invalid cells in column order, then the
+        empty required cells (``None``) in the model's order."""
         strict = self.options.strict
         out = [
             Problem(
@@ -638,7 +623,12 @@ class Plan:
                 warning=isinstance(r, Flagged) and not strict,
             )
             for col, r in P
+            if r is not None
         ]
+        if len(out) < len(P):
+            rank = self._required_rank
+            empty = sorted((self.paths[col] for col, r in P if r is None), key=rank.__getitem__)
+            out.extend(self._missing(path, line, cid) for path in empty)
         return out
 
 

@@ -40,6 +40,26 @@ class Rule:
     pattern: str | None = None
     choices: tuple[str, ...] | None = None
     what: str = ""  # human name of the format, for messages ("ISO-4217 currency code")
+    ge: float | None = None  # numeric bounds (kind "number")
+    le: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UniqueBy:
+    """Metadata on a list of objects: no two of them may share this member's value.
+
+    Checked by the models (`_Strict`) and by the CSV fold (`csvbridge.schema.structure`).
+    """
+
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
+class FillFrom:
+    """Metadata on a required field: a CSV may leave its column out, and the value is then
+    taken from the sibling dot path `path` (the reference: "you can use the product id")."""
+
+    path: str
 
 
 def _text(
@@ -53,6 +73,12 @@ def _text(
         StrictStr,
         StringConstraints(min_length=min_len, max_length=max_len, pattern=pattern),
         rule,
+    ]
+
+
+def _number(ge: float | None = None, le: float | None = None) -> Any:
+    return Annotated[
+        float, Field(strict=True, allow_inf_nan=False, ge=ge, le=le), Rule("number", ge=ge, le=le)
     ]
 
 
@@ -115,7 +141,7 @@ Currency = _text(pattern=r"^[A-Z]{3}$", what="ISO-4217 currency code (three uppe
 CountryCode = _text(pattern=r"^[A-Z]{2}$", what="ISO-3166 alpha-2 country code")
 Url = _text(1, 2048, pattern=r"^https?://\S+$", what="http(s) URL")
 IsoDate = Annotated[StrictStr, AfterValidator(_check_date), Rule("date", what="ISO-8601 date")]
-Number = Annotated[float, Field(strict=True, allow_inf_nan=False), Rule("number")]
+Number = _number()
 Bool = Annotated[StrictBool, Rule("bool")]
 TextList = Annotated[list[StrictStr], Rule("list")]
 Custom = Annotated[dict[str, Any], Rule("object")]
@@ -160,7 +186,32 @@ READ_ONLY_CONVERSION_FIELDS = (
 )
 
 
-class _Strict(BaseModel):
+class _Checked(BaseModel):
+    """Enforces the structural metadata declared on fields: `UniqueBy` on lists of
+    objects, ``minProperties`` (JSON Schema) on an open object's config."""
+
+    @model_validator(mode="after")
+    def _structure(self) -> Any:
+        least = (self.model_config.get("json_schema_extra") or {}).get("minProperties")  # type: ignore[union-attr]
+        if least and len(self.model_dump(exclude_none=True)) < least:
+            first = next(iter(type(self).model_fields), "")
+            name = type(self).__name__.lower()
+            raise ValueError(f"{name} needs at least one property (e.g. {first}) to match on")
+        for fname, info in type(self).model_fields.items():
+            unique = next((m for m in info.metadata if isinstance(m, UniqueBy)), None)
+            if unique is None:
+                continue
+            seen: set[Any] = set()
+            for obj in getattr(self, fname) or ():
+                key = getattr(obj, unique.member)
+                if key in seen:
+                    what = f"{fname.replace('_', ' ').rstrip('s')} {unique.member}"
+                    raise ValueError(f"{what} {key!r} appears twice")
+                seen.add(key)
+        return self
+
+
+class _Strict(_Checked):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -186,19 +237,13 @@ class Address(_Strict):
     coordinates: Coordinates | None = None
 
 
-class User(BaseModel):
+class User(_Checked):
     """Properties used to match the user; any extra property is allowed."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, json_schema_extra={"minProperties": 1})
 
     email: Text250 | None = None
     consent_categories: Annotated[list[StrictStr | StrictInt], Rule("list")] | None = None
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> User:
-        if not self.model_dump(exclude_none=True):
-            raise ValueError("user needs at least one property (e.g. email) to match on")
-        return self
 
 
 class Product(_Strict):
@@ -234,7 +279,7 @@ class Product(_Strict):
 
 
 class ConversionItem(_Strict):
-    id: _text(1, None)
+    id: Annotated[_text(1, None), FillFrom("product.id")]
     original_quantity: Number
     cancelled_quantity: Number | None = None
     returned_quantity: Number | None = None
@@ -277,7 +322,9 @@ class Conversion(_Strict):
     tax_amount: Number | None = None
     final_amount: Number | None = None
     custom: Custom | None = None
-    conversion_items: Annotated[list[ConversionItem], Field(min_length=1, max_length=MAX_ITEMS)]
+    conversion_items: Annotated[
+        list[ConversionItem], Field(min_length=1, max_length=MAX_ITEMS), UniqueBy("id")
+    ]
 
     @model_validator(mode="before")
     @classmethod
@@ -290,15 +337,6 @@ class Conversion(_Strict):
                     "platform); send quantities on conversion_items instead"
                 )
         return data
-
-    @model_validator(mode="after")
-    def _unique_item_ids(self) -> Conversion:
-        seen: set[str] = set()
-        for item in self.conversion_items:
-            if item.id in seen:
-                raise ValueError(f"conversion item id {item.id!r} appears twice")
-            seen.add(item.id)
-        return self
 
 
 # --------------------------------------------------------------------------- catalogue
