@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 from typing import Any
 
 import pytest
@@ -464,3 +465,44 @@ def test_a_changed_requirement_enum_bound_and_item_limit_follow_the_model():
     assert plan.build(four[:3]).record is not None
     # the documented models still say 150 items, any status of the list, no bound
     assert plan_for(header).build(four).record is not None
+
+
+# --------------------------------------------------------------------------- generated code
+
+
+def test_a_traceback_through_generated_code_shows_its_source_line():
+    header = ["id", "type", "status", "created", "currency", "user.email",
+              "conversion_items.id", "conversion_items.original_quantity",
+              "conversion_items.product.id"]  # fmt: skip
+    plan = plan_for(header)
+    with pytest.raises(IndexError) as info:
+        plan._head_fn(["c1"], [])  # a row cut short: c[1] does not exist
+    frame = info.traceback[-1]
+    assert str(frame.path).startswith("<csvbridge plan _head")
+    assert "v = c[1]  # type <- 'type'" in traceback.format_exception(info.value)[-2]
+
+
+def test_generated_code_names_each_field_and_can_be_dumped(tmp_path, capsys):
+    from csvbridge.cli import main
+    from csvbridge.convert.codegen import generated_source
+
+    source = generated_source(list(TEMPLATE_HEADER))
+    compile(source, "<dump>", "exec")  # the dump is the whole, valid code
+    for name in ("def _head(", "def _item(", "def _lane_item("):
+        assert name in source
+    assert "# conversion_items.price <- 'conversion_items.price'" in source
+    assert "# billing_address: an object" in source
+    csv_file = tmp_path / "orders.csv"
+    csv_file.write_text(";".join(TEMPLATE_HEADER) + "\n")
+    assert main(["debug", "codegen", str(csv_file)]) == 0
+    out = capsys.readouterr().out
+    assert "q = g.split(';')" in out  # compiled for the file's own delimiter
+    assert out.replace("';'", "','") == source
+
+
+def test_a_header_cell_cannot_inject_code_through_a_comment():
+    header = [*BASE, "custom.x\nimport os; os._exit(3)"]
+    plan = plan_for(header)
+    assert "\nimport os" not in plan.generated
+    built = plan.build([Row(2, [*BASE.values(), "v"])])
+    assert obj(built)["custom"] == {"x\nimport os; os": {"_exit(3)": "v"}}

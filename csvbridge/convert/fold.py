@@ -36,6 +36,7 @@ from csvbridge.schema.codecs import (
     fast_check,
     make_codec,
 )
+from csvbridge.schema.pycode import compile_function
 from csvbridge.schema.structure import (
     MAX_PATH_DEPTH,
     STRUCTURES,
@@ -110,10 +111,11 @@ class Plan:
             if not p:
                 continue
             path = p
-            if p.count(".") >= MAX_PATH_DEPTH:
+            depth = sum(1 for part in p.split(".") if part)  # "Total..." is no dot path
+            if depth > MAX_PATH_DEPTH:
                 raise InputError(
-                    f"column {sources[i][:80]!r}: its dot path has {p.count('.') + 1} levels; "
-                    f"at most {MAX_PATH_DEPTH} are supported"
+                    f"column {i + 1} ({sources[i][:80]!r}, line 1): its dot path has {depth} "
+                    f"levels; at most {MAX_PATH_DEPTH} are supported"
                 )
             rule, reason = st.classify(p)
             if rule is None:
@@ -224,7 +226,7 @@ class Plan:
         Objects that produced a problem are not memoised, so every occurrence is
         reported with its own line.
         """
-        lines = [f"def {name}(c, P):"]
+        lines = [f"def {name}(c, P):  # {_LABELS.get(name, name)}"]
         # where a column's cell is: c[col - offset], or q[col - text_at] inside
         # `text_node`, whose raw text c[-1] is its memo key (fast lane)
         inside = [False]
@@ -251,6 +253,7 @@ class Plan:
                     n = counter[0]
                     k = orjson.dumps(key) + b":{"
                     env[f"M{n}"] = {}
+                    lines.append(f"{pad}# {_safe(key)}: an object, memoised on its cells")
                     if member is text_node:
                         lines.append(f"{pad}g = c[-1]")
                     else:
@@ -287,7 +290,9 @@ class Plan:
                 env[f"X{col}"] = codec.prefix
                 # the memo holds valid members only: a hit needs no further check
                 base, at = cell(col)
-                lines.append(f"{pad}v = {base}[{at}]")
+                lines.append(
+                    f"{pad}v = {base}[{at}]  # {_safe(self.paths[col])} <- {self.sources[col][:60]!r}"
+                )
                 lines.append(f"{pad}if v:")
                 lines.append(f"{pad}    r = K{col}.get(v)")
                 lines.append(f"{pad}    if r is None:")
@@ -310,10 +315,9 @@ class Plan:
 
         emit(root, "out", 1)
         lines.append("    return out")
-        source = "\n".join(lines)
-        self.generated = getattr(self, "generated", "") + source + "\n\n"
-        exec(compile(source, f"<csvbridge plan {name}>", "exec"), env)  # noqa: S102
-        return env[name]  # type: ignore[no-any-return]
+        source = "\n".join(lines) + "\n"
+        self.generated = getattr(self, "generated", "") + source + "\n"
+        return compile_function(name, source, env, f"plan {name}")
 
     # ------------------------------------------------------------------ build
 
@@ -645,12 +649,23 @@ def _under_a_value(path: str, leaves: dict[str, int]) -> bool:
     return any(".".join(parts[:k]) in leaves for k in range(1, len(parts)))
 
 
+def _safe(text: str) -> str:
+    """Header text for a comment of generated code: escaped, so a header cell holding a
+    line break cannot end the comment and inject code."""
+    return repr(text[:80])[1:-1]
+
+
 def _flag(col: int, r: Any, P: list[tuple[int, Any]]) -> bytes:
     """Record a flagged or invalid cell; the member written for it (null if invalid)."""
     P.append((col, r))
     return r.json if isinstance(r, Flagged) else b'"_":null'
 
 
+_LABELS = {
+    "_head": "the conversion level of a row (a product row, for products)",
+    "_item": "one item of a row (the ordinary path)",
+    "_lane_item": "one item from its raw text (the fast lane; the product text is its memo key)",
+}
 SEGMENT_CACHE = 4096  # memoised objects per nested path; cleared when full
 ITEM_CACHE = 8192  # memoised items of build_shared; cleared when full
 ITEM_MEMO_TRIAL = 20000  # items looked up before deciding whether the memo pays
