@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from csvbridge.convert.fold import Built, CellError, Plan, normalize_header
+from csvbridge.convert.fold import Built, CellError, ColumnPlan, normalize_header
 from csvbridge.errors import InputError
 from csvbridge.read.csvfile import Row
 from csvbridge.schema.codecs import CodecOptions
@@ -27,8 +27,8 @@ BASE = {
 }
 
 
-def plan_for(header: list[str], **kw: Any) -> Plan:
-    return Plan([normalize_header(h) for h in header], list(header), **kw)
+def plan_for(header: list[str], **kw: Any) -> ColumnPlan:
+    return ColumnPlan([normalize_header(h) for h in header], list(header), **kw)
 
 
 def fold(rows: list[dict[str, str]], *, header: list[str] | None = None, **kw: Any) -> Built:
@@ -381,13 +381,13 @@ def test_two_different_values_are_still_a_conflict_when_some_rows_are_blank():
 # --------------------------------------------------------------------------- one schema source
 
 
-def _variant_plan(model: type, header: list[str]) -> Plan:
+def _variant_plan(model: type, header: list[str]) -> ColumnPlan:
     from csvbridge.schema.structure import structure_of
 
     return plan_for(header, structure=structure_of(model, "conversions"))
 
 
-def _row_code_and_codec(plan: Plan, path: str) -> tuple[str, Any]:
+def _row_code_and_codec(plan: ColumnPlan, path: str) -> tuple[str, Any]:
     col = plan.column_of[path]
     return plan.generated, plan.codecs[col].codec
 
@@ -395,10 +395,10 @@ def _row_code_and_codec(plan: Plan, path: str) -> tuple[str, Any]:
 def test_a_changed_length_in_the_model_changes_codec_and_inline_check():
     """One edit in schema/ (a maxLength) and both the codec and the row code's inline
     check follow; the pydantic model agrees with the fold."""
-    from csvbridge.schema.models import _text
+    from csvbridge.schema.models import text_field
 
     class ShortComment(Conversion):
-        comment: _text(1, 10) | None = None
+        comment: text_field(1, 10) | None = None
 
     header = [*BASE, "comment"]
     plan = _variant_plan(ShortComment, header)
@@ -425,16 +425,16 @@ def test_a_changed_requirement_enum_bound_and_item_limit_follow_the_model():
         ConversionItem,
         Text250,
         UniqueBy,
-        _enum,
-        _number,
+        enum_field,
+        number_field,
     )
 
     class PricedItem(ConversionItem):
-        price: _number(ge=0) | None = None
+        price: number_field(ge=0) | None = None
 
     class Strict(Conversion):
         comment: Text250  # now required
-        status: _enum("pending", "on_hold")
+        status: enum_field("pending", "on_hold")
         conversion_items: Annotated[
             list[PricedItem], Field(min_length=1, max_length=3), UniqueBy("id")
         ]

@@ -29,7 +29,7 @@ def generated_source(
     With the documented layout the fast lane's item function is included, as compiled
     for `delimiter`.  Raises `InputError` for a header the conversion would refuse.
     """
-    from csvbridge.convert.fold import Plan  # the plan imports the codec layer, not this
+    from csvbridge.convert.fold import ColumnPlan  # the plan imports the codec layer, not this
     from csvbridge.convert.lane import Layout
 
     if isinstance(mapping, (str, Path)):
@@ -46,7 +46,7 @@ def generated_source(
     else:
         options = CodecOptions()
         paths, sources = [normalize_header(h) for h in header], list(header)
-    plan = Plan(paths, sources, kind=kind, options=options)
+    plan = ColumnPlan(paths, sources, kind=kind, options=options)
     if mapping is None and kind == "conversions":
         layout = Layout.of(plan.paths, plan.id_col, delimiter, quotechar)
         if layout is not None:

@@ -1,6 +1,6 @@
 """Fold item rows into nested objects and their NDJSON lines.
 
-A `Plan` is compiled once per file from its header (documented dot paths, or a mapping's
+A `ColumnPlan` is compiled once per file from its header (documented dot paths, or a mapping's
 targets): which column fills which field, at which level (``conversion_items.*`` is
 item-level, the rest conversion-level), with which codec (`csvbridge.schema.codecs`).  From it
 the plan generates two straight-line Python functions — one that writes the conversion
@@ -8,7 +8,7 @@ level of a row, one that writes an item — so the per-row work is a handful of 
 appends and memoised codec lookups, not a walk over a path tree.  (namedtuple and
 dataclasses generate code the same way, for the same reason.)
 
-`Plan.build(rows)` turns the rows of one conversion into a `Record` (or problems):
+`ColumnPlan.build(rows)` turns the rows of one conversion into a `Record` (or problems):
 conversion-level values must agree between the rows (a conflict is reported with field,
 values and lines; the `conflict` setting decides), items keep file order, item ids are
 unique, 1-150 items, required fields present, empty cells omitted.
@@ -81,7 +81,7 @@ class _Node:
         return node
 
 
-class Plan:
+class ColumnPlan:
     """Everything known about a file's columns, compiled into fast row functions."""
 
     def __init__(
@@ -253,7 +253,7 @@ class Plan:
                     n = counter[0]
                     k = orjson.dumps(key) + b":{"
                     env[f"M{n}"] = {}
-                    lines.append(f"{pad}# {_safe(key)}: an object, memoised on its cells")
+                    lines.append(f"{pad}# {_comment_text(key)}: an object, memoised on its cells")
                     if member is text_node:
                         lines.append(f"{pad}g = c[-1]")
                     else:
@@ -291,7 +291,7 @@ class Plan:
                 # the memo holds valid members only: a hit needs no further check
                 base, at = cell(col)
                 lines.append(
-                    f"{pad}v = {base}[{at}]  # {_safe(self.paths[col])} <- {self.sources[col][:60]!r}"
+                    f"{pad}v = {base}[{at}]  # {_comment_text(self.paths[col])} <- {self.sources[col][:60]!r}"
                 )
                 lines.append(f"{pad}if v:")
                 lines.append(f"{pad}    r = K{col}.get(v)")
@@ -649,7 +649,7 @@ def _under_a_value(path: str, leaves: dict[str, int]) -> bool:
     return any(".".join(parts[:k]) in leaves for k in range(1, len(parts)))
 
 
-def _safe(text: str) -> str:
+def _comment_text(text: str) -> str:
     """Header text for a comment of generated code: escaped, so a header cell holding a
     line break cannot end the comment and inject code."""
     return repr(text[:80])[1:-1]
@@ -671,4 +671,7 @@ ITEM_CACHE = 8192  # memoised items of build_shared; cleared when full
 ITEM_MEMO_TRIAL = 20000  # items looked up before deciding whether the memo pays
 
 
-__all__ = ["Built", "CellError", "Plan", "Record", "classify", "normalize_header"]
+# `Plan` is the name engine.py and tests/test_lane.py import until the merge renames them
+Plan = ColumnPlan
+
+__all__ = ["Built", "CellError", "ColumnPlan", "Record", "classify", "normalize_header"]

@@ -1,6 +1,6 @@
 """Per-column codecs: one raw CSV cell -> its JSON text, or the reason it is invalid.
 
-Each documented field's `Rule` (declared once, on the pydantic models in
+Each documented field's `FieldRule` (declared once, on the pydantic models in
 `csvbridge.schema.models`) is compiled here into a plain function ``codec(raw) -> bytes``.  A
 cell's verdict depends only on its column and its text, so results are memoised per
 column: exports repeat the same statuses, currencies, product names and dates on
@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from csvbridge.errors import ConfigError
-from csvbridge.schema.models import DATE_RE, DateProblem, Rule, format_date, normalize_date
+from csvbridge.schema.models import DATE_RE, DateProblem, FieldRule, format_date, normalize_date
 from csvbridge.schema.pycode import compile_function
 
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
@@ -171,7 +171,7 @@ class FastCheck:
 
     It is the first line of the codec itself (`make_codec` compiles it in) and the
     generated row code inlines the same text, so the two cannot drift: both come from
-    the field's `Rule`.  Cells of ids, amounts and e-mails are mostly unique: memoising
+    the field's `FieldRule`.  Cells of ids, amounts and e-mails are mostly unique: memoising
     them does not pay, and three nested calls per cell do add up.
     """
 
@@ -184,7 +184,7 @@ class FastCheck:
         return "v.encode()" if self.number else "_dumps(v)"
 
 
-def fast_check(path: str, rule: Rule) -> FastCheck | None:
+def fast_check(path: str, rule: FieldRule) -> FastCheck | None:
     """The `FastCheck` of a field, or None when it has none (enumerations, patterns,
     dates, booleans, lists, custom values: their memoised codec is the fast path)."""
     leaf = path.rsplit(".", 1)[-1]
@@ -219,7 +219,7 @@ def _refuse_nul(raw: str) -> None:
         )
 
 
-def _text_codec(rule: Rule) -> Codec:
+def _text_codec(rule: FieldRule) -> Codec:
     lo, hi = rule.min_len, rule.max_len
     pattern = re.compile(rule.pattern) if rule.pattern else None
     choices = frozenset(rule.choices) if rule.choices else None
@@ -247,7 +247,7 @@ def _text_codec(rule: Rule) -> Codec:
     return codec
 
 
-def _number_codec(rule: Rule, decimal_comma: bool) -> Codec:
+def _number_codec(rule: FieldRule, decimal_comma: bool) -> Codec:
     ge, le = rule.ge, rule.le
 
     def codec(raw: str) -> bytes:
@@ -262,7 +262,7 @@ def _number_codec(rule: Rule, decimal_comma: bool) -> Codec:
     return codec
 
 
-def _slow_codec(rule: Rule, options: CodecOptions) -> Codec:
+def _slow_codec(rule: FieldRule, options: CodecOptions) -> Codec:
     """The whole rule of a field, for every cell its `FastCheck` does not cover."""
     if rule.kind == "number":
         return _number_codec(rule, options.decimal_comma)
@@ -303,7 +303,7 @@ def _slow_codec(rule: Rule, options: CodecOptions) -> Codec:
     return codec
 
 
-def make_codec(path: str, rule: Rule, options: CodecOptions) -> Codec:
+def make_codec(path: str, rule: FieldRule, options: CodecOptions) -> Codec:
     """The codec for the field at dot path `path` (documented, or a custom.* key).
 
     Its first line is the field's `FastCheck` (compiled from the same text the row code

@@ -2,7 +2,7 @@
 
 These models are the contract (see ``shared/reference/commandersact-conversions-products-
 bulk-api-v2.md``): every length, enumeration, format and requirement lives here once.
-Each constrained type also carries a small `Rule` in its ``Annotated`` metadata; pydantic
+Each constrained type also carries a small `FieldRule` in its ``Annotated`` metadata; pydantic
 ignores it, and `csvbridge.schema.codecs` compiles it into the per-column validators of the fast
 CSV path.  A differential test keeps the two in agreement, so a rule changed here changes
 both paths.
@@ -31,7 +31,7 @@ from pydantic import (
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
+class FieldRule:
     """What one scalar field accepts, in a form both pydantic and the fast path can use."""
 
     kind: Literal["text", "number", "bool", "date", "list", "object"]
@@ -62,13 +62,14 @@ class FillFrom:
     path: str
 
 
-def _text(
+def text_field(
     min_len: int | None = 1,
     max_len: int | None = None,
     pattern: str | None = None,
     what: str = "",
 ) -> Any:
-    rule = Rule("text", min_len, max_len, pattern, None, what)
+    """A text type: pydantic's constraints and the fast path's rule from one call."""
+    rule = FieldRule("text", min_len, max_len, pattern, None, what)
     return Annotated[
         StrictStr,
         StringConstraints(min_length=min_len, max_length=max_len, pattern=pattern),
@@ -76,14 +77,18 @@ def _text(
     ]
 
 
-def _number(ge: float | None = None, le: float | None = None) -> Any:
+def number_field(ge: float | None = None, le: float | None = None) -> Any:
+    """A finite number type, optionally bounded, for pydantic and the fast path at once."""
     return Annotated[
-        float, Field(strict=True, allow_inf_nan=False, ge=ge, le=le), Rule("number", ge=ge, le=le)
+        float,
+        Field(strict=True, allow_inf_nan=False, ge=ge, le=le),
+        FieldRule("number", ge=ge, le=le),
     ]
 
 
-def _enum(*values: str) -> Any:
-    return Annotated[Literal[values], Rule("text", choices=values)]  # type: ignore[valid-type]
+def enum_field(*values: str) -> Any:
+    """An enumeration of texts, for pydantic and the fast path at once."""
+    return Annotated[Literal[values], FieldRule("text", choices=values)]  # type: ignore[valid-type]
 
 
 # The four accepted ISO-8601 forms ("Date formats" section of the reference).
@@ -135,18 +140,20 @@ def _check_date(value: str) -> str:
         raise ValueError(str(exc)) from None
 
 
-Text250 = _text(1, 250)
-Id50 = _text(1, 50)
-Currency = _text(pattern=r"^[A-Z]{3}$", what="ISO-4217 currency code (three upper-case letters)")
-CountryCode = _text(pattern=r"^[A-Z]{2}$", what="ISO-3166 alpha-2 country code")
-Url = _text(1, 2048, pattern=r"^https?://\S+$", what="http(s) URL")
-IsoDate = Annotated[StrictStr, AfterValidator(_check_date), Rule("date", what="ISO-8601 date")]
-Number = _number()
-Bool = Annotated[StrictBool, Rule("bool")]
-TextList = Annotated[list[StrictStr], Rule("list")]
-Custom = Annotated[dict[str, Any], Rule("object")]
+Text250 = text_field(1, 250)
+Id50 = text_field(1, 50)
+Currency = text_field(
+    pattern=r"^[A-Z]{3}$", what="ISO-4217 currency code (three upper-case letters)"
+)
+CountryCode = text_field(pattern=r"^[A-Z]{2}$", what="ISO-3166 alpha-2 country code")
+Url = text_field(1, 2048, pattern=r"^https?://\S+$", what="http(s) URL")
+IsoDate = Annotated[StrictStr, AfterValidator(_check_date), FieldRule("date", what="ISO-8601 date")]
+Number = number_field()
+Bool = Annotated[StrictBool, FieldRule("bool")]
+TextList = Annotated[list[StrictStr], FieldRule("list")]
+Custom = Annotated[dict[str, Any], FieldRule("object")]
 
-Status = _enum(
+ConversionStatus = enum_field(
     "canceled",
     "delivered",
     "in_progress",
@@ -158,7 +165,7 @@ Status = _enum(
     "shipped",
     "pending",
 )
-PaymentMethod = _enum(
+PaymentMethod = enum_field(
     "by_bank_transfer_in_advance",
     "by_invoice",
     "card",
@@ -169,9 +176,9 @@ PaymentMethod = _enum(
     "online_payment_system",
     "other",
 )
-Condition = _enum("new", "refurbished", "used")
-Availability = _enum("in_stock", "available", "pre_order", "out_of_stock")
-Gender = _enum("male", "female", "unisex")
+Condition = enum_field("new", "refurbished", "used")
+Availability = enum_field("in_stock", "available", "pre_order", "out_of_stock")
+Gender = enum_field("male", "female", "unisex")
 
 MAX_ITEMS = 150
 
@@ -226,7 +233,7 @@ class Coordinates(_Strict):
 class Address(_Strict):
     country: Text250 | None = None
     iso_country_code: CountryCode | None = None
-    country_code: Annotated[StrictStr, Rule("text")] | None = None
+    country_code: Annotated[StrictStr, FieldRule("text")] | None = None
     region: Text250 | None = None
     locality: Text250 | None = None
     postal_code: Text250 | None = None
@@ -243,13 +250,13 @@ class User(_Checked):
     model_config = ConfigDict(extra="allow", frozen=True, json_schema_extra={"minProperties": 1})
 
     email: Text250 | None = None
-    consent_categories: Annotated[list[StrictStr | StrictInt], Rule("list")] | None = None
+    consent_categories: Annotated[list[StrictStr | StrictInt], FieldRule("list")] | None = None
 
 
 class Product(_Strict):
     id: Id50
-    name: _text(1, 500) | None = None
-    description: _text(None, 5000) | None = None
+    name: text_field(1, 500) | None = None
+    description: text_field(None, 5000) | None = None
     category_1: Text250 | None = None
     category_2: Text250 | None = None
     category_3: Text250 | None = None
@@ -279,7 +286,7 @@ class Product(_Strict):
 
 
 class ConversionItem(_Strict):
-    id: Annotated[_text(1, None), FillFrom("product.id")]
+    id: Annotated[text_field(1, None), FillFrom("product.id")]
     original_quantity: Number
     cancelled_quantity: Number | None = None
     returned_quantity: Number | None = None
@@ -300,7 +307,7 @@ class Conversion(_Strict):
     id: Id50
     user: User
     type: Text250
-    status: Status
+    status: ConversionStatus
     created: IsoDate
     updated: IsoDate | None = None
     acknowledged: Bool | None = None
@@ -312,7 +319,7 @@ class Conversion(_Strict):
     shipping_provider: Text250 | None = None
     shipping_tracking_code: Text250 | None = None
     payment_method: PaymentMethod | None = None
-    payment_provider: Annotated[StrictStr, Rule("text", min_len=1)] | None = None
+    payment_provider: Annotated[StrictStr, FieldRule("text", min_len=1)] | None = None
     original_amount: Number | None = None
     cancelled_amount: Number | None = None
     returned_amount: Number | None = None
@@ -342,14 +349,14 @@ class Conversion(_Strict):
 # --------------------------------------------------------------------------- catalogue
 
 
-def _unwrap(annotation: Any) -> tuple[Any, Rule | None]:
-    """Strip Optional[...] and Annotated[...]; return the bare type and its Rule."""
+def _unwrap(annotation: Any) -> tuple[Any, FieldRule | None]:
+    """Strip Optional[...] and Annotated[...]; return the bare type and its FieldRule."""
     rule = None
     while True:
         origin = get_origin(annotation)
         if origin is Annotated:
             args = get_args(annotation)
-            rule = next((m for m in args[1:] if isinstance(m, Rule)), rule)
+            rule = next((m for m in args[1:] if isinstance(m, FieldRule)), rule)
             annotation = args[0]
         elif origin is not None and type(None) in get_args(annotation):
             annotation = next(a for a in get_args(annotation) if a is not type(None))
@@ -357,18 +364,18 @@ def _unwrap(annotation: Any) -> tuple[Any, Rule | None]:
             return annotation, rule
 
 
-def field_rules(model: type[BaseModel], prefix: str = "") -> dict[str, Rule]:
-    """Every scalar leaf of `model` as ``{"dot.path": Rule}``, in declaration order.
+def field_rules(model: type[BaseModel], prefix: str = "") -> dict[str, FieldRule]:
+    """Every scalar leaf of `model` as ``{"dot.path": FieldRule}``, in declaration order.
 
     Nested models are walked (``billing_address.coordinates.latitude``); lists of models
     (``conversion_items``) are walked with the list's own name as prefix, which is how the
     documented CSV header names item columns.
     """
-    rules: dict[str, Rule] = {}
+    rules: dict[str, FieldRule] = {}
     for name, info in model.model_fields.items():
         bare, rule = _unwrap(info.annotation)
         # pydantic moves a top-level Annotated's metadata onto the FieldInfo
-        rule = next((m for m in info.metadata if isinstance(m, Rule)), rule)
+        rule = next((m for m in info.metadata if isinstance(m, FieldRule)), rule)
         if get_origin(bare) is list:
             (inner,) = get_args(bare)
             inner, _ = _unwrap(inner)
@@ -379,7 +386,7 @@ def field_rules(model: type[BaseModel], prefix: str = "") -> dict[str, Rule]:
             rules.update(field_rules(bare, f"{prefix}{name}."))
             continue
         if rule is None:
-            raise TypeError(f"{prefix}{name} has no Rule")  # a model bug, caught by tests
+            raise TypeError(f"{prefix}{name} has no FieldRule")  # a model bug, caught by tests
         rules[prefix + name] = rule
     return rules
 

@@ -6,7 +6,7 @@ hold (``min_length``/``max_length``), which member of an item is unique (`Unique
 which required column may be left out (`FillFrom`).  The fold does not restate any of
 this: it compiles a `Structure` from the model, so changing a requirement or a bound on
 the model changes what the CSV path checks too.  `classify` says which documented field
-(and which `Rule`) a column's dot path fills.
+(and which `FieldRule`) a column's dot path fills.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from csvbridge.schema.models import (
     HEADER_ALIASES,
     READ_ONLY_CONVERSION_FIELDS,
     Conversion,
+    FieldRule,
     FillFrom,
     Product,
-    Rule,
     UniqueBy,
     _unwrap,
     field_rules,
 )
 
-CUSTOM_RULE = Rule("object")
-USER_EXTRA_RULE = Rule("text", min_len=1)
+CUSTOM_RULE = FieldRule("object")
+USER_EXTRA_RULE = FieldRule("text", min_len=1)
 # dot paths deeper than this are refused: nothing documented is deeper than 5, and the
 # generated row code nests one block per level (Python allows 20)
 MAX_PATH_DEPTH = 12
@@ -49,7 +49,7 @@ class Structure:
     """What one object needs besides valid cells, derived from its model."""
 
     kind: str  # "conversions" or "products"
-    rules: dict[str, Rule]  # every documented scalar leaf
+    rules: dict[str, FieldRule]  # every documented scalar leaf
     required: tuple[str, ...]  # required scalar leaves, in declaration order
     non_empty: tuple[NonEmpty, ...] = ()
     items: str | None = None  # the path of the list of item objects
@@ -65,7 +65,7 @@ class Structure:
     def item_prefix(self) -> str:
         return self.items + "." if self.items else ""
 
-    def classify(self, path: str) -> tuple[Rule | None, str | None]:
+    def classify(self, path: str) -> tuple[FieldRule | None, str | None]:
         """(rule, reason-if-ignored) for a dot path."""
         rule = self.rules.get(path)
         if rule is not None and rule.kind == "object":
@@ -98,7 +98,7 @@ def structure_of(model: type[BaseModel], kind: str) -> Structure:
         for name, info in m.model_fields.items():
             path = prefix + name
             bare, rule = _unwrap(info.annotation)
-            rule = next((x for x in info.metadata if isinstance(x, Rule)), rule)
+            rule = next((x for x in info.metadata if isinstance(x, FieldRule)), rule)
             req = needed and info.is_required()
             meta = list(info.metadata) + _annotated_metadata(info.annotation)
             if rule is not None and rule.kind == "object":
@@ -115,7 +115,9 @@ def structure_of(model: type[BaseModel], kind: str) -> Structure:
                     items.update(
                         path=path,
                         min=max((x.min_length for x in meta if isinstance(x, MinLen)), default=0),
-                        max=min((x.max_length for x in meta if isinstance(x, MaxLen)), default=None),
+                        max=min(
+                            (x.max_length for x in meta if isinstance(x, MaxLen)), default=None
+                        ),
                         key=unique.member if unique else None,
                     )
                     walk(inner, path + ".", req)
@@ -179,7 +181,7 @@ def normalize_header(name: str) -> str:
     return HEADER_ALIASES.get(key, key)
 
 
-def classify(path: str, kind: str) -> tuple[str, Rule | None, str | None]:
+def classify(path: str, kind: str) -> tuple[str, FieldRule | None, str | None]:
     """(path, rule, reason-if-ignored) for a documented dot path of `kind` objects."""
     rule, reason = STRUCTURES[kind].classify(path)
     return path, rule, reason
