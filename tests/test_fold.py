@@ -506,3 +506,69 @@ def test_a_header_cell_cannot_inject_code_through_a_comment():
     assert "\nimport os" not in plan.generated
     built = plan.build([Row(2, [*BASE.values(), "v"])])
     assert obj(built)["custom"] == {"x\nimport os; os": {"_exit(3)": "v"}}
+
+
+# --------------------------------------------------------------------------- hostile cells
+
+
+def test_a_nul_byte_rejects_the_conversion_naming_column_line_and_value():
+    built = fold([{**BASE, "comment": "x\x00y"}, {**BASE, "conversion_items.id": "i2"}])
+    assert codes(built) == ["NUL_BYTE"]
+    (p,) = built.problems
+    assert (p.column, p.lines, p.value, p.property) == ("comment", (2,), "x\x00y", "comment")
+    assert "line 2; column 'comment'; value 'x\\x00y'" in p.as_text()
+
+
+def _write_csv(path, header: list[str], rows: list[list[str]]) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def test_a_nul_byte_deep_in_a_file_is_rejected_on_both_lanes(tmp_path):
+    """After the first 4 KB (the binary sniff), through the engine and the fast lane."""
+    from csvbridge.config import ConvertSettings
+    from csvbridge.convert.engine import convert
+
+    header = list(TEMPLATE_HEADER)
+    base = {**BASE, "user.user_email": "a@example.com"}
+    del base["user.email"]
+
+    def row(n: int, **cells: str) -> list[str]:
+        values = {**base, "id": f"c{n}", **cells}
+        return [values.get(h, "") for h in header]
+
+    rows = [row(n, comment="fine") for n in range(200)]
+    rows[150] = row(150, **{"conversion_items.product.name": "Mug\x00"})  # fast lane, text
+    rows[160] = row(160, comment="\x00note")
+    src = tmp_path / "orders.csv"
+    _write_csv(src, header, rows)
+    assert src.read_bytes().index(b"\x00") > 4096
+    done = convert(src, tmp_path / "work", settings=ConvertSettings(workers=1))
+    assert done.report.objects_valid == 198
+    errors = {e["meta"]["column"]: e for e in done.report.problems.errors}
+    assert set(errors) == {"conversion_items.product.name", "comment"}
+    assert errors["comment"]["code"] == "NUL_BYTE"
+    assert errors["comment"]["meta"]["line_numbers"] == [162]
+    assert errors["conversion_items.product.name"]["meta"]["values"] == ["Mug\x00"]
+    assert b"\\u0000" not in done.ndjson.read_bytes()
+
+
+@pytest.mark.parametrize("column", [".".join(["a"] * 100), "custom." + ".".join(["a"] * 100)])
+def test_a_dot_path_100_levels_deep_is_an_input_error_naming_the_column(tmp_path, column):
+    from csvbridge.cli import main
+
+    header = [*BASE, column]
+    with pytest.raises(InputError, match=r"column 10 \('(custom\.)?a\.a\.a.*levels; at most 12"):
+        plan_for(header)
+    src = tmp_path / "deep.csv"
+    _write_csv(src, header, [[*BASE.values(), "v"]])
+    assert main(["convert", str(src), "-o", str(tmp_path / "out.ndjson"), "-q"]) == 2
+
+
+def test_dots_that_are_no_dot_path_are_ignored_not_refused():
+    plan = plan_for([*BASE, "Notes" + "." * 40])
+    assert [r for _, r in plan.ignored] == ["not a documented conversion property"]
