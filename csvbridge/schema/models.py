@@ -439,114 +439,14 @@ def error_property(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc if not isinstance(p, int)) or "(object)"
 
 
-# --------------------------------------------------------------------------- CSV feed header
+# --------------------------------------------------------------------------- the template
 
-# The header of the official CSV feed template (commandersact-conversions-csv-template.csv),
-# in its order.  The feed writer emits exactly these names (then any custom.* columns); the
-# reader accepts them case-insensitively.  ``consent_categories`` is the template's bare name
-# for ``user.consent_categories``.
-TEMPLATE_HEADER: tuple[str, ...] = (
-    "id",
-    "user.user_email",
-    "consent_categories",
-    "type",
-    "status",
-    "created",
-    "updated",
-    "acknowledged",
-    "currency",
-    "comment",
-    "billing_address.country",
-    "billing_address.iso_country_code",
-    "billing_address.country_code",
-    "billing_address.region",
-    "billing_address.locality",
-    "billing_address.postal_code",
-    "billing_address.recipient",
-    "billing_address.street_address",
-    "billing_address.full_address",
-    "billing_address.label",
-    "billing_address.coordinates.latitude",
-    "billing_address.coordinates.longitude",
-    "contact_address.country",
-    "contact_address.iso_country_code",
-    "contact_address.country_code",
-    "contact_address.region",
-    "contact_address.locality",
-    "contact_address.postal_code",
-    "contact_address.recipient",
-    "contact_address.street_address",
-    "contact_address.full_address",
-    "contact_address.label",
-    "contact_address.coordinates.latitude",
-    "contact_address.coordinates.longitude",
-    "shipping_address.country",
-    "shipping_address.iso_country_code",
-    "shipping_address.country_code",
-    "shipping_address.region",
-    "shipping_address.locality",
-    "shipping_address.postal_code",
-    "shipping_address.recipient",
-    "shipping_address.street_address",
-    "shipping_address.full_address",
-    "shipping_address.label",
-    "shipping_address.coordinates.latitude",
-    "shipping_address.coordinates.longitude",
-    "shipping_provider",
-    "shipping_tracking_code",
-    "payment_method",
-    "original_amount",
-    "cancelled_amount",
-    "returned_amount",
-    "exchanged_amount",
-    "shipping_amount",
-    "discount_amount",
-    "tax_amount",
-    "final_amount",
-    "conversion_items.id",
-    "conversion_items.original_quantity",
-    "conversion_items.cancelled_quantity",
-    "conversion_items.returned_quantity",
-    "conversion_items.exchanged_quantity",
-    "conversion_items.final_quantity",
-    "conversion_items.original_amount",
-    "conversion_items.cancelled_amount",
-    "conversion_items.returned_amount",
-    "conversion_items.exchanged_amount",
-    "conversion_items.final_amount",
-    "conversion_items.price",
-    "conversion_items.original_item",
-    "conversion_items.product.id",
-    "conversion_items.product.name",
-    "conversion_items.product.description",
-    "conversion_items.product.category_1",
-    "conversion_items.product.category_2",
-    "conversion_items.product.category_3",
-    "conversion_items.product.category_4",
-    "conversion_items.product.category_5",
-    "conversion_items.product.tags",
-    "conversion_items.product.condition",
-    "conversion_items.product.availability",
-    "conversion_items.product.availability_date",
-    "conversion_items.product.expiration_date",
-    "conversion_items.product.price",
-    "conversion_items.product.sale_price",
-    "conversion_items.product.currency",
-    "conversion_items.product.image_link",
-    "conversion_items.product.link",
-    "conversion_items.product.brand",
-    "conversion_items.product.width",
-    "conversion_items.product.length",
-    "conversion_items.product.height",
-    "conversion_items.product.weight",
-    "conversion_items.product.size",
-    "conversion_items.product.colors",
-    "conversion_items.product.gtin",
-    "conversion_items.product.mpn",
-)
 
-# Product catalog feed: one line per product, the Product properties in schema order.
-PRODUCT_HEADER: tuple[str, ...] = tuple(name for name in Product.model_fields if name != "custom")
+def __getattr__(name: str) -> Any:
+    """The template's header names live in `csvbridge.schema.template` (which reads the
+    Product model); kept importable from here, lazily, without an import cycle."""
+    if name in ("TEMPLATE_HEADER", "PRODUCT_HEADER", "HEADER_ALIASES"):
+        from csvbridge.schema import template
 
-# Header aliases: a documented column name -> the path it fills.
-HEADER_ALIASES = {"consent_categories": "user.consent_categories"}
+        return getattr(template, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

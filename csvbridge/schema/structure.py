@@ -18,7 +18,6 @@ from annotated_types import MaxLen, MinLen
 from pydantic import BaseModel
 
 from csvbridge.schema.models import (
-    HEADER_ALIASES,
     READ_ONLY_CONVERSION_FIELDS,
     Conversion,
     FieldRule,
@@ -28,6 +27,7 @@ from csvbridge.schema.models import (
     _unwrap,
     field_rules,
 )
+from csvbridge.schema.template import HEADER_ALIASES
 
 CUSTOM_RULE = FieldRule("object")
 USER_EXTRA_RULE = FieldRule("text", min_len=1)
