@@ -476,7 +476,7 @@ def test_a_traceback_through_generated_code_shows_its_source_line():
               "conversion_items.product.id"]  # fmt: skip
     plan = plan_for(header)
     with pytest.raises(IndexError) as info:
-        plan._head_fn(["c1"], [])  # a row cut short: c[1] does not exist
+        plan.head_fn(["c1"], [])  # a row cut short: c[1] does not exist
     frame = info.traceback[-1]
     assert str(frame.path).startswith("<csvbridge plan _head")
     assert "v = c[1]  # type <- 'type'" in traceback.format_exception(info.value)[-2]

@@ -67,8 +67,8 @@ class Assembler:
         self.id_col = plan.id_col
         self.conv_cols = plan.conv_cols
         self._conv_key = plan.conv_key
-        self._head_fn = plan._head_fn
-        self._item_fn = plan._item_fn
+        self._head_fn = plan.head_fn
+        self._item_fn = plan.item_fn
         self._lane_item = plan.lane_item
         self.item_id_col = plan.item_id_col
         self.item_id_from_product = plan.item_id_from_product

@@ -94,19 +94,19 @@ class ColumnPlan:
         self.required_rank = {p: n for n, p in enumerate(st.required)}
         self.required_cols = {seen[p] for p in st.required if p in seen and p not in keys}
         self.item_id_col = -1
-        self._item_fn: Callable[..., Any] | None = None
+        self.item_fn: Callable[..., Any] | None = None
         if kind == "products":
             self.id_col = seen["id"]
-            self._head_fn = self._write("_head", object_tree(used))
+            self.head_fn = self._write("_head", object_tree(used))
             self.conv_cols: tuple[int, ...] = ()
         else:
             self.id_col = seen["id"]
             item_cols = [(i, p[len(item_prefix) :]) for i, p in used if p.startswith(item_prefix)]
             conv_cols = [(i, p) for i, p in used if not p.startswith(item_prefix)]
             self.conv_cols = tuple(i for i, _ in conv_cols)
-            self._head_fn = self._write("_head", object_tree(conv_cols))
+            self.head_fn = self._write("_head", object_tree(conv_cols))
             item_tree = self._item_tree = object_tree(item_cols)
-            self._item_fn = self._write("_item", item_tree)
+            self.item_fn = self._write("_item", item_tree)
             item_key = item_prefix + (st.item_key or "id")
             self.item_id_col = seen.get(item_key, seen.get(st.fill_from.get(item_key, "")))
             # build_shared may memoise an item's JSON after its id member when that
