@@ -185,6 +185,13 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_debug_codegen(args: argparse.Namespace) -> int:
+    from csvbridge.convert.codegen import generated_source_of_file
+
+    print(generated_source_of_file(args.input, args.mapping, kind=args.kind), end="")
+    return EXIT_OK
+
+
 def _add_convert_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `convert` and `send`: the input, its reading, the report."""
     p.add_argument("input", help="CSV file (.csv or .csv.gz), or - for stdin")
@@ -262,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-rate", type=float, default=0.0, help="share of dropped connections")
     p.add_argument("--slow-rate", type=float, default=0.0, help="share of slow answers")
     p.set_defaults(func=cmd_emulator)
+
+    p = sub.add_parser("debug", help="look inside a conversion")
+    debug = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    p = debug.add_parser("codegen", help="print the Python code compiled for a file's header")
+    p.add_argument("input", type=Path, help="CSV file (its header and dialect are read)")
+    p.add_argument("--mapping", type=Path, help="YAML mapping for exports with their own headers")
+    p.add_argument("--kind", choices=("conversions", "products"), default="conversions")
+    p.set_defaults(func=cmd_debug_codegen)
     return parser
 
 

@@ -354,3 +354,48 @@ def test_cached_codec_writes_the_member_and_remembers_valid_values():
     assert isinstance(err, CellError)
     flagged = CachedCodec(codec("product.gtin"), "gtin")("1.35E+17")
     assert isinstance(flagged, Flagged) and flagged.json == b'"gtin":"1.35E+17"'
+
+
+# --------------------------------------------------------------------------- NUL bytes
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("comment", "a\x00b"),  # text with a fast check
+        ("status", "pending\x00"),  # enumeration
+        ("currency", "EU\x00"),  # pattern
+        ("created", "2019-04-29T13:47:47Z\x00"),  # date
+        ("original_amount", "1\x002"),  # number
+        ("acknowledged", "tr\x00ue"),  # boolean
+        ("product.tags", "a|\x00|b"),  # list
+        ("product.id", "p\x001"),  # identifier
+    ],
+)
+def test_a_nul_byte_is_refused_by_every_codec_with_a_named_error(path, raw):
+    with pytest.raises(CellError) as info:
+        codec(path, **{})(raw)
+    assert info.value.code == "NUL_BYTE"
+    assert f"character {raw.index(chr(0)) + 1}" in info.value.detail
+
+
+def test_a_nul_byte_in_a_custom_value_is_refused():
+    from csvbridge.schema.models import FieldRule
+
+    with pytest.raises(CellError, match="NUL byte"):
+        make_codec("custom.note", FieldRule("object"), CodecOptions())("x\x00")
+
+
+def test_the_fast_check_is_the_codecs_first_line_and_refuses_nul():
+    from csvbridge.schema.codecs import PLAIN_NUMBER, fast_check
+
+    for path, rule in RULES.items():
+        fast = fast_check(path, rule)
+        if fast is None:
+            continue
+        test = eval(f"lambda v: {fast.test}", {"PLAIN_NUMBER": PLAIN_NUMBER})  # noqa: S307
+        assert not test("ab\x00"), path
+        sample = "12" if rule.kind == "number" else "abc"
+        if test(sample):  # what the fast check accepts, the codec writes the same way
+            expected = sample.encode() if fast.number else orjson.dumps(sample)
+            assert codec(path)(sample) == expected, path

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import traceback
 from typing import Any
 
 import pytest
 
-from csvbridge.convert.fold import Built, Plan, normalize_header
+from csvbridge.convert.fold import Built, CellError, ColumnPlan, normalize_header
 from csvbridge.errors import InputError
 from csvbridge.read.csvfile import Row
 from csvbridge.schema.codecs import CodecOptions
@@ -26,8 +27,8 @@ BASE = {
 }
 
 
-def plan_for(header: list[str], **kw: Any) -> Plan:
-    return Plan([normalize_header(h) for h in header], list(header), **kw)
+def plan_for(header: list[str], **kw: Any) -> ColumnPlan:
+    return ColumnPlan([normalize_header(h) for h in header], list(header), **kw)
 
 
 def fold(rows: list[dict[str, str]], *, header: list[str] | None = None, **kw: Any) -> Built:
@@ -375,3 +376,199 @@ def test_two_different_values_are_still_a_conflict_when_some_rows_are_blank():
     built = fold(rows)
     assert codes(built) == ["CONFLICTING_VALUES"]
     assert obj(fold(rows, conflict="last"))["comment"] == "b"
+
+
+# --------------------------------------------------------------------------- one schema source
+
+
+def _variant_plan(model: type, header: list[str]) -> ColumnPlan:
+    from csvbridge.schema.structure import structure_of
+
+    return plan_for(header, structure=structure_of(model, "conversions"))
+
+
+def _row_code_and_codec(plan: ColumnPlan, path: str) -> tuple[str, Any]:
+    col = plan.column_of[path]
+    return plan.generated, plan.codecs[col].codec
+
+
+def test_a_changed_length_in_the_model_changes_codec_and_inline_check():
+    """One edit in schema/ (a maxLength) and both the codec and the row code's inline
+    check follow; the pydantic model agrees with the fold."""
+    from csvbridge.schema.models import text_field
+
+    class ShortComment(Conversion):
+        comment: text_field(1, 10) | None = None
+
+    header = [*BASE, "comment"]
+    plan = _variant_plan(ShortComment, header)
+    code, codec = _row_code_and_codec(plan, "comment")
+    assert "len(v) <= 10" in code
+    assert codec("x" * 10) == b'"' + b"x" * 10 + b'"'
+    for text, ok in (("x" * 10, True), ("x" * 11, False)):
+        built = plan.build([Row(2, [*BASE.values(), text])])
+        assert (built.record is not None) is ok, codes(built)
+        if ok:
+            ShortComment.model_validate(obj(built))
+        else:
+            assert codes(built) == ["INVALID_PROPERTY_FORMAT"]
+    # the documented model still allows 250
+    assert plan_for(header).build([Row(2, [*BASE.values(), "x" * 11])]).record is not None
+
+
+def test_a_changed_requirement_enum_bound_and_item_limit_follow_the_model():
+    from typing import Annotated
+
+    from pydantic import Field
+
+    from csvbridge.schema.models import (
+        ConversionItem,
+        Text250,
+        UniqueBy,
+        enum_field,
+        number_field,
+    )
+
+    class PricedItem(ConversionItem):
+        price: number_field(ge=0) | None = None
+
+    class Strict(Conversion):
+        comment: Text250  # now required
+        status: enum_field("pending", "on_hold")
+        conversion_items: Annotated[
+            list[PricedItem], Field(min_length=1, max_length=3), UniqueBy("id")
+        ]
+
+    with pytest.raises(InputError, match="required column missing: comment"):
+        _variant_plan(Strict, list(BASE))
+    header = [*BASE, "comment", "conversion_items.price"]
+    plan = _variant_plan(Strict, header)
+    code, codec = _row_code_and_codec(plan, "conversion_items.price")
+    assert "PLAIN_NUMBER(v) and float(v) >= 0" in code
+
+    def row(n: int, **cells: str) -> Row:
+        values = {**BASE, "comment": "hi", "conversion_items.price": "1", **cells}
+        return Row(n, [values[h] for h in header])
+
+    good = plan.build([row(2, status="on_hold")])
+    Strict.model_validate(obj(good))
+    assert codes(plan.build([row(2, status="shipped")])) == ["INVALID_PROPERTY_FORMAT"]
+    assert codes(plan.build([row(2, comment="")])) == ["MISSING_REQUIRED_PROPERTY"]
+    assert plan.build([row(2, comment="")]).problems[0].property == "comment"
+    bad = plan.build([row(2, **{"conversion_items.price": "-1"})])
+    assert codes(bad) == ["INVALID_PROPERTY_FORMAT"] and bad.problems[0].value == "-1"
+    assert codec("0.5") == b"0.5"
+    with pytest.raises(CellError):
+        codec("-1.5")
+    four = [row(n, **{"conversion_items.id": f"i{n}"}) for n in range(2, 6)]
+    assert codes(plan.build(four)) == ["TOO_MANY_ITEMS"]
+    assert plan.build(four[:3]).record is not None
+    # the documented models still say 150 items, any status of the list, no bound
+    assert plan_for(header).build(four).record is not None
+
+
+# --------------------------------------------------------------------------- generated code
+
+
+def test_a_traceback_through_generated_code_shows_its_source_line():
+    header = ["id", "type", "status", "created", "currency", "user.email",
+              "conversion_items.id", "conversion_items.original_quantity",
+              "conversion_items.product.id"]  # fmt: skip
+    plan = plan_for(header)
+    with pytest.raises(IndexError) as info:
+        plan.head_fn(["c1"], [])  # a row cut short: c[1] does not exist
+    frame = info.traceback[-1]
+    assert str(frame.path).startswith("<csvbridge plan _head")
+    assert "v = c[1]  # type <- 'type'" in traceback.format_exception(info.value)[-2]
+
+
+def test_generated_code_names_each_field_and_can_be_dumped(tmp_path, capsys):
+    from csvbridge.cli import main
+    from csvbridge.convert.codegen import generated_source
+
+    source = generated_source(list(TEMPLATE_HEADER))
+    compile(source, "<dump>", "exec")  # the dump is the whole, valid code
+    for name in ("def _head(", "def _item(", "def _lane_item("):
+        assert name in source
+    assert "# conversion_items.price <- 'conversion_items.price'" in source
+    assert "# billing_address: an object" in source
+    csv_file = tmp_path / "orders.csv"
+    csv_file.write_text(";".join(TEMPLATE_HEADER) + "\n")
+    assert main(["debug", "codegen", str(csv_file)]) == 0
+    out = capsys.readouterr().out
+    assert "q = g.split(';')" in out  # compiled for the file's own delimiter
+    assert out.replace("';'", "','") == source
+
+
+def test_a_header_cell_cannot_inject_code_through_a_comment():
+    header = [*BASE, "custom.x\nimport os; os._exit(3)"]
+    plan = plan_for(header)
+    assert "\nimport os" not in plan.generated
+    built = plan.build([Row(2, [*BASE.values(), "v"])])
+    assert obj(built)["custom"] == {"x\nimport os; os": {"_exit(3)": "v"}}
+
+
+# --------------------------------------------------------------------------- hostile cells
+
+
+def test_a_nul_byte_rejects_the_conversion_naming_column_line_and_value():
+    built = fold([{**BASE, "comment": "x\x00y"}, {**BASE, "conversion_items.id": "i2"}])
+    assert codes(built) == ["NUL_BYTE"]
+    (p,) = built.problems
+    assert (p.column, p.lines, p.value, p.property) == ("comment", (2,), "x\x00y", "comment")
+    assert "line 2; column 'comment'; value 'x\\x00y'" in p.as_text()
+
+
+def _write_csv(path, header: list[str], rows: list[list[str]]) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def test_a_nul_byte_deep_in_a_file_is_rejected_on_both_lanes(tmp_path):
+    """After the first 4 KB (the binary sniff), through the engine and the fast lane."""
+    from csvbridge.config import ConvertSettings
+    from csvbridge.convert.engine import convert
+
+    header = list(TEMPLATE_HEADER)
+    base = {**BASE, "user.user_email": "a@example.com"}
+    del base["user.email"]
+
+    def row(n: int, **cells: str) -> list[str]:
+        values = {**base, "id": f"c{n}", **cells}
+        return [values.get(h, "") for h in header]
+
+    rows = [row(n, comment="fine") for n in range(200)]
+    rows[150] = row(150, **{"conversion_items.product.name": "Mug\x00"})  # fast lane, text
+    rows[160] = row(160, comment="\x00note")
+    src = tmp_path / "orders.csv"
+    _write_csv(src, header, rows)
+    assert src.read_bytes().index(b"\x00") > 4096
+    done = convert(src, tmp_path / "work", settings=ConvertSettings(workers=1))
+    assert done.report.objects_valid == 198
+    errors = {e["meta"]["column"]: e for e in done.report.problems.errors}
+    assert set(errors) == {"conversion_items.product.name", "comment"}
+    assert errors["comment"]["code"] == "NUL_BYTE"
+    assert errors["comment"]["meta"]["line_numbers"] == [162]
+    assert errors["conversion_items.product.name"]["meta"]["values"] == ["Mug\x00"]
+    assert b"\\u0000" not in done.ndjson.read_bytes()
+
+
+@pytest.mark.parametrize("column", [".".join(["a"] * 100), "custom." + ".".join(["a"] * 100)])
+def test_a_dot_path_100_levels_deep_is_an_input_error_naming_the_column(tmp_path, column):
+    from csvbridge.cli import main
+
+    header = [*BASE, column]
+    with pytest.raises(InputError, match=r"column 10 \('(custom\.)?a\.a\.a.*levels; at most 12"):
+        plan_for(header)
+    src = tmp_path / "deep.csv"
+    _write_csv(src, header, [[*BASE.values(), "v"]])
+    assert main(["convert", str(src), "-o", str(tmp_path / "out.ndjson"), "-q"]) == 2
+
+
+def test_dots_that_are_no_dot_path_are_ignored_not_refused():
+    plan = plan_for([*BASE, "Notes" + "." * 40])
+    assert [r for _, r in plan.ignored] == ["not a documented conversion property"]

@@ -26,8 +26,8 @@ from csvbridge.schema.models import (
     TEMPLATE_HEADER,
     Conversion,
     ConversionItem,
+    FieldRule,
     Product,
-    Rule,
     _unwrap,
     api_error_code,
     error_property,
@@ -193,14 +193,14 @@ def test_required_paths_are_the_documented_ones():
 def test_every_template_column_is_understood():
     for column in TEMPLATE_HEADER:
         path, rule, reason = classify(normalize_header(column), "conversions")
-        assert isinstance(rule, Rule), (column, reason)
+        assert isinstance(rule, FieldRule), (column, reason)
 
 
 def test_every_leaf_has_a_rule():
     rules = field_rules(Conversion)
     assert rules["billing_address.coordinates.latitude"].kind == "number"
     assert rules["conversion_items.product.tags"].kind == "list"
-    assert all(isinstance(r, Rule) for r in rules.values())
+    assert all(isinstance(r, FieldRule) for r in rules.values())
 
 
 def test_api_error_codes():

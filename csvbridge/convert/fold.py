@@ -1,56 +1,31 @@
 """Fold item rows into nested objects and their NDJSON lines.
 
-A `Plan` is compiled once per file from its header (documented dot paths, or a mapping's
-targets): which column fills which field, at which level (``conversion_items.*`` is
-item-level, the rest conversion-level), with which codec (`csvbridge.schema.codecs`).  From it
-the plan generates two straight-line Python functions — one that writes the conversion
-level of a row, one that writes an item — so the per-row work is a handful of list
-appends and memoised codec lookups, not a walk over a path tree.  (namedtuple and
-dataclasses generate code the same way, for the same reason.)
-
-`Plan.build(rows)` turns the rows of one conversion into a `Record` (or problems):
+`Assembler.build(rows)` turns the rows of one conversion into a `Record` (or problems),
+with the row functions its `ColumnPlan` (`csvbridge.convert.plan`) compiled:
 conversion-level values must agree between the rows (a conflict is reported with field,
 values and lines; the `conflict` setting decides), items keep file order, item ids are
-unique, 1-150 items, required fields present, empty cells omitted.
+unique, the number of items is within the model's bounds, required fields are present,
+empty cells are omitted.  `build_shared` is the same for rows that repeat one
+conversion-level text (the fast lane).
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from csvbridge.errors import InputError
 from csvbridge.read.csvfile import Row
 from csvbridge.report import Problem
-from csvbridge.schema.codecs import (
-    PLAIN_NUMBER,
-    CachedCodec,
-    CellError,
-    CodecOptions,
-    Flagged,
-    inline_test,
-    make_codec,
-)
-from csvbridge.schema.models import (
-    HEADER_ALIASES,
-    MAX_ITEMS,
-    READ_ONLY_CONVERSION_FIELDS,
-    Conversion,
-    Product,
-    Rule,
-    field_rules,
-)
+from csvbridge.schema.codecs import CellError, Flagged
+from csvbridge.schema.structure import classify, normalize_header
 
-ITEMS = "conversion_items"
-ITEM_PREFIX = ITEMS + "."
-CONVERSION_RULES = field_rules(Conversion)
-PRODUCT_RULES = field_rules(Product)
-CUSTOM_RULE = Rule("object")
-USER_EXTRA_RULE = Rule("text", min_len=1)
+if TYPE_CHECKING:
+    from csvbridge.convert.plan import ColumnPlan
+
+ITEM_CACHE = 8192  # memoised items of build_shared; cleared when full
+ITEM_MEMO_TRIAL = 20000  # items looked up before deciding whether the memo pays
 
 
 @dataclass(slots=True, frozen=True)
@@ -73,267 +48,33 @@ class Built:
     id: str | None = None
 
 
-def normalize_header(name: str) -> str:
-    key = name.strip().lower()
-    return HEADER_ALIASES.get(key, key)
+class Assembler:
+    """The fold half of a `ColumnPlan`: rows -> objects, with the plan's row functions.
 
+    It copies what it reads per row from the plan (plain attribute reads), and owns the
+    item memo of `build_shared`, which learns per file whether items repeat.
+    """
 
-def classify(path: str, kind: str) -> tuple[str, Rule | None, str | None]:
-    """(path, rule, reason-if-ignored) for a documented dot path of `kind` objects."""
-    rule = (PRODUCT_RULES if kind == "products" else CONVERSION_RULES).get(path)
-    if rule is not None and rule.kind == "object":
-        # a whole custom object in one cell would be sent as a string
-        return path, None, f"an object: give each key its own column ({path}.<key>)"
-    if kind == "products":
-        if path in PRODUCT_RULES:
-            return path, PRODUCT_RULES[path], None
-        if path.startswith("custom.") and len(path) > 7:
-            return path, CUSTOM_RULE, None
-        return path, None, "not a documented Product property"
-    if path in READ_ONLY_CONVERSION_FIELDS:
-        return path, None, "read-only at conversion level: the platform computes it"
-    if path in CONVERSION_RULES:
-        return path, CONVERSION_RULES[path], None
-    for prefix in ("custom.", "conversion_items.custom.", "conversion_items.product.custom."):
-        if path.startswith(prefix) and len(path) > len(prefix):
-            return path, CUSTOM_RULE, None
-    if path.startswith("user.") and len(path) > 5:
-        return path, USER_EXTRA_RULE, None
-    return path, None, "not a documented conversion property"
-
-
-@dataclass
-class _Node:
-    """A JSON object under construction in the code generator."""
-
-    members: list[tuple[str, int | _Node]] = field(default_factory=list)  # header order
-
-    def child(self, key: str) -> _Node:
-        for k, m in self.members:
-            if k == key and isinstance(m, _Node):
-                return m
-        node = _Node()
-        self.members.append((key, node))
-        return node
-
-
-class Plan:
-    """Everything known about a file's columns, compiled into fast row functions."""
-
-    def __init__(
-        self,
-        paths: list[str],
-        sources: list[str],
-        *,
-        kind: str = "conversions",
-        options: CodecOptions = CodecOptions(),
-        conflict: str = "reject",
-    ) -> None:
-        self.kind = kind
-        self.paths = paths
-        self.sources = sources
-        self.ncols = len(paths)
-        self.options = options
-        self.conflict = conflict
-        self.ignored: list[tuple[int, str]] = []  # (column, reason)
-        self.codecs: dict[int, CachedCodec] = {}
-        self.inline: dict[int, str | None] = {}  # cells.inline_test of each column
-        seen: dict[str, int] = {}
-        used: list[tuple[int, str]] = []
-        for i, p in enumerate(paths):
-            if not p:
-                continue
-            path, rule, reason = classify(p, kind)
-            if rule is None:
-                self.ignored.append((i, reason or "ignored"))
-                continue
-            if path in seen:
-                raise InputError(
-                    f"columns {sources[seen[path]]!r} and {sources[i]!r} both fill {path}"
-                )
-            seen[path] = i
-            self.codecs[i] = CachedCodec(make_codec(path, rule, options))
-            self.inline[i] = inline_test(path, rule)
-            used.append((i, path))
-        for i, path in [(i, p) for i, p in used if _under_a_value(p, seen)]:
-            # custom.a and custom.a.b: "a" cannot be a value and an object at once
-            used.remove((i, path))
-            del seen[path], self.codecs[i]
-            self.ignored.append((i, "a parent of this path is filled by another column"))
-        self.column_of = seen
-        self.item_id_from_product = False
-        self._item_memo: dict[str, bytes] | None = None
+    def __init__(self, plan: ColumnPlan) -> None:
+        self.kind = plan.kind
+        self.structure = plan.structure
+        self.options = plan.options
+        self.conflict = plan.conflict
+        self.paths = plan.paths
+        self.sources = plan.sources
+        self.column_of = plan.column_of
+        self.codecs = plan.codecs
+        self.id_col = plan.id_col
+        self.conv_cols = plan.conv_cols
+        self._conv_key = plan.conv_key
+        self._head_fn = plan.head_fn
+        self._item_fn = plan.item_fn
+        self._lane_item = plan.lane_item
+        self.item_id_col = plan.item_id_col
+        self.item_id_from_product = plan.item_id_from_product
+        self._required_rank = plan.required_rank
+        self._item_memo: dict[str, bytes] | None = {} if plan.memo_items else None
         self._memo_tries = self._memo_hits = 0
-        self._lanes: dict[tuple[str, int], tuple[Callable[..., Any], int, int]] = {}
-        self._check_required()
-        if kind == "products":
-            self.id_col = seen["id"]
-            self._item_fn = None
-            self._head_fn = self._generate("_head", self._tree(used, ""), top=True)
-            self.conv_cols: tuple[int, ...] = ()
-        else:
-            self.id_col = seen["id"]
-            item_cols = [(i, p[len(ITEM_PREFIX) :]) for i, p in used if p.startswith(ITEM_PREFIX)]
-            conv_cols = [(i, p) for i, p in used if not p.startswith(ITEM_PREFIX)]
-            self.conv_cols = tuple(i for i, _ in conv_cols)
-            self._head_fn = self._generate("_head", self._tree(conv_cols, ""), top=True)
-            item_tree = self._item_tree = self._tree(item_cols, "")
-            self._item_fn = self._generate("_item", item_tree, top=False)
-            self.item_id_col = seen.get(ITEM_PREFIX + "id", seen[ITEM_PREFIX + "product.id"])
-            self._qty_col = seen[ITEM_PREFIX + "original_quantity"]
-            self._pid_col = seen[ITEM_PREFIX + "product.id"]
-            # build_shared may memoise an item's JSON after its id member when that
-            # member is written first (the documented header's order)
-            first = item_tree.members[0][1] if item_tree.members else None
-            if not self.item_id_from_product and first == self.item_id_col:
-                self._item_memo = {}
-        getter = operator.itemgetter(*self.conv_cols) if self.conv_cols else (lambda c: ())
-        self._conv_key: Callable[[list[str]], Any] = getter
-
-    # ------------------------------------------------------------------ compile
-
-    def _check_required(self) -> None:
-        have = set(self.column_of)
-        if self.kind == "products":
-            missing = [] if "id" in have else ["id"]
-        else:
-            missing = [p for p in ("id", "type", "status", "created", "currency") if p not in have]
-            if not any(p.startswith("user.") for p in have):
-                missing.append("user.email (or another user.* column)")
-            for p in ("conversion_items.original_quantity", "conversion_items.product.id"):
-                if p not in have:
-                    missing.append(p)
-            if "conversion_items.id" not in have and "conversion_items.product.id" in have:
-                # documented fallback: "you can use the product id as value"
-                self.item_id_from_product = True
-        if missing:
-            raise InputError(
-                "required column missing: "
-                + ", ".join(missing)
-                + " (map it with --mapping, or name the column as in the documented header)"
-            )
-
-    @staticmethod
-    def _tree(cols: list[tuple[int, str]], _prefix: str) -> _Node:
-        root = _Node()
-        for i, path in cols:
-            parts = path.split(".")
-            node = root
-            for part in parts[:-1]:
-                node = node.child(part)
-            node.members.append((parts[-1], i))
-        return root
-
-    def _generate(
-        self,
-        name: str,
-        root: _Node,
-        *,
-        top: bool,
-        offset: int = 0,
-        text_node: _Node | None = None,
-        text_at: int = 0,
-        delimiter: str = ",",
-    ) -> Callable[..., Any]:
-        """Generate ``def name(c, P) -> list[bytes]`` writing the members of `root`.
-
-        Each leaf is a memoised codec lookup.  Each nested object (an address, a
-        product, a custom object) is memoised as a whole on the tuple of its cells:
-        the same product or address repeats on many rows, and then costs one lookup.
-        Objects that produced a problem are not memoised, so every occurrence is
-        reported with its own line.
-        """
-        lines = [f"def {name}(c, P):"]
-        # where a column's cell is: c[col - offset], or q[col - text_at] inside
-        # `text_node`, whose raw text c[-1] is its memo key (fast lane)
-        inside = [False]
-
-        def cell(col: int) -> tuple[str, int]:
-            return ("q", col - text_at) if inside[0] else ("c", col - offset)
-
-        env: dict[str, Any] = {
-            "_flag": _flag,
-            "_dumps": orjson.dumps,
-            "PLAIN_NUMBER": PLAIN_NUMBER,
-        }
-        counter = [0]
-
-        columns = _columns
-
-        def emit(node: _Node, var: str, depth: int) -> None:
-            pad = "    " * depth
-            lines.append(f"{pad}{var} = []")
-            lines.append(f"{pad}{var}_ = {var}.append")
-            for key, member in node.members:
-                if isinstance(member, _Node):
-                    counter[0] += 1
-                    n = counter[0]
-                    k = orjson.dumps(key) + b":{"
-                    env[f"M{n}"] = {}
-                    if member is text_node:
-                        lines.append(f"{pad}g = c[-1]")
-                    else:
-                        where = [cell(col) for col in columns(member)]
-                        idx = [i for _, i in where]
-                        env[f"G{n}"] = (
-                            operator.itemgetter(*idx)
-                            if len(idx) > 1
-                            else (lambda c, i=idx[0]: c[i])
-                        )
-                        lines.append(f"{pad}g = G{n}({where[0][0]})")
-                    lines.append(f"{pad}s{n} = M{n}.get(g)")
-                    lines.append(f"{pad}if s{n} is None:")
-                    lines.append(f"{pad}    p{n} = len(P)")
-                    if member is text_node:
-                        lines.append(f"{pad}    q = g.split({delimiter!r})")
-                        inside[0] = True
-                    emit(member, f"o{n}", depth + 1)
-                    if member is text_node:
-                        inside[0] = False
-                    lines.append(
-                        f"{pad}    s{n} = {k!r} + b','.join(o{n}) + b'}}' if o{n} else b''"
-                    )
-                    lines.append(f"{pad}    if len(P) == p{n}:")
-                    lines.append(f"{pad}        if len(M{n}) >= {SEGMENT_CACHE}: M{n}.clear()")
-                    lines.append(f"{pad}        M{n}[g] = s{n}")
-                    lines.append(f"{pad}if s{n}: {var}_(s{n})")
-                    continue
-                col = member
-                codec = self.codecs[col]
-                codec.prefix = orjson.dumps(key) + b":"
-                env[f"K{col}"] = codec.cache
-                env[f"F{col}"] = codec
-                env[f"X{col}"] = codec.prefix
-                # the memo holds valid members only: a hit needs no further check
-                base, at = cell(col)
-                lines.append(f"{pad}v = {base}[{at}]")
-                lines.append(f"{pad}if v:")
-                lines.append(f"{pad}    r = K{col}.get(v)")
-                lines.append(f"{pad}    if r is None:")
-                test = self.inline[col]
-                if test is not None:
-                    value = "v.encode()" if test == "PLAIN_NUMBER(v)" else "_dumps(v)"
-                    lines.append(f"{pad}        if {test}: r = X{col} + {value}")
-                    lines.append(f"{pad}        else:")
-                    lines.append(f"{pad}            r = F{col}(v)")
-                    lines.append(
-                        f"{pad}            if r.__class__ is not bytes: r = _flag({col}, r, P)"
-                    )
-                else:
-                    lines.append(f"{pad}        r = F{col}(v)")
-                    lines.append(
-                        f"{pad}        if r.__class__ is not bytes: r = _flag({col}, r, P)"
-                    )
-                lines.append(f"{pad}    {var}_(r)")
-
-        emit(root, "out", 1)
-        lines.append("    return out")
-        source = "\n".join(lines)
-        self.generated = getattr(self, "generated", "") + source + "\n\n"
-        exec(compile(source, f"<csvbridge plan {name}>", "exec"), env)  # noqa: S102
-        return env[name]  # type: ignore[no-any-return]
-
-    # ------------------------------------------------------------------ build
 
     def build_product(self, row: Row) -> Built:
         P: list[tuple[int, Any]] = []
@@ -389,13 +130,8 @@ class Plan:
             if self._memo_tries > ITEM_MEMO_TRIAL and self._memo_hits * 4 < self._memo_tries:
                 # items rarely repeat in this file (prices vary...): stop paying for it
                 self._item_memo = memo = None
-        lane_item, cut, text_at = self._lane_item(delimiter, n_head)
-        pid_in_text = self._pid_col - text_at if cut >= 0 else -1
-        id_at, qty_at, pid_at = (
-            self.item_id_col - n_head,
-            self._qty_col - n_head,
-            self._pid_col - n_head,
-        )
+        lane_item, cut, _ = self._lane_item(delimiter, n_head)
+        id_at = self.item_id_col - n_head
         for line, text in items:
             rest = None
             if memo is not None:
@@ -415,14 +151,7 @@ class Plan:
             P: list[tuple[int, Any]] = []
             parts = lane_item(c, P)
             iid = c[id_at]
-            if pid_in_text < 0:
-                has_pid = c[pid_at]
-            elif pid_in_text == 0:  # the product text starts with the product id
-                t = c[-1]
-                has_pid = t and not t.startswith(delimiter)
-            else:
-                has_pid = c[-1].split(delimiter, pid_in_text + 1)[pid_in_text]
-            if P or not iid or iid in seen_ids or not c[qty_at] or not has_pid:
+            if P or not iid or iid in seen_ids:
                 # something to report: the ordinary path, which reports it exactly
                 cells = head + text.split(delimiter)
                 out.append(self._item_member(cells, line, cid, seen_ids, problems, rest))
@@ -433,39 +162,6 @@ class Plan:
             out.append(b"{" + b",".join(parts) + b"}")
         return self._finish(cid, members, out, problems, tuple(line for line, _ in items))
 
-    def _lane_item(self, delimiter: str, n_head: int) -> tuple[Callable[..., Any], int, int]:
-        """The item function of the fast lane, how many cells to split off (-1: all) and
-        the first column left in the unsplit text.
-
-        It reads an item's cells straight from its text (no head cells in front).  When
-        the item ends with a nested object (the product, in the documented header), the
-        text of that object's columns is left unsplit and is its memo key: a product
-        repeated on many rows is then found by one string lookup.
-        """
-        key = (delimiter, n_head)
-        lane = self._lanes.get(key)
-        if lane is not None:
-            return lane
-        root = self._item_tree
-        text_node, text_at, cut = None, 0, -1
-        last = root.members[-1][1] if root.members else None
-        if isinstance(last, _Node):
-            cols = sorted(_columns(last))
-            used_after = [c for c in self.codecs if c >= cols[0] and c not in set(cols)]
-            if cols[-1] == self.ncols - 1 and not used_after and self.item_id_col < cols[0]:
-                text_node, text_at, cut = last, cols[0], cols[0] - n_head
-        fn = self._generate(
-            "_lane_item",
-            root,
-            top=False,
-            offset=n_head,
-            text_node=text_node,
-            text_at=text_at,
-            delimiter=delimiter,
-        )
-        lane = self._lanes[key] = (fn, cut, text_at)
-        return lane
-
     def _head_members(
         self, cells: list[str], line: int, cid: str, problems: list[Problem]
     ) -> list[bytes]:
@@ -473,19 +169,19 @@ class Plan:
         members = self._head_fn(cells, P)
         if P:
             problems.extend(self._problems(P, cells, line, cid))
-        for p in ("type", "status", "created", "currency"):
-            if not cells[self.column_of[p]]:
-                problems.append(self._missing(p, line, cid))
-        if not any(m.startswith(b'"user":') for m in members):
-            problems.append(
-                Problem(
-                    "MISSING_REQUIRED_PROPERTY",
-                    "user needs at least one property (e.g. user.email) to match on",
-                    "user",
-                    (line,),
-                    cid,
+        for ne in self.structure.non_empty:
+            prefix = orjson.dumps(ne.path) + b":"
+            if not any(m.startswith(prefix) for m in members):
+                problems.append(
+                    Problem(
+                        "MISSING_REQUIRED_PROPERTY",
+                        f"{ne.path} needs at least one property (e.g. {ne.path}.{ne.example}) "
+                        "to match on",
+                        ne.path,
+                        (line,),
+                        cid,
+                    )
                 )
-            )
         return members
 
     def _item_member(
@@ -505,21 +201,26 @@ class Plan:
         before = len(problems)
         P: list[tuple[int, Any]] = []
         parts = self._item_fn(c, P)  # type: ignore[misc]
+        missing: list[Problem] = []
         if P:
-            problems.extend(self._problems(P, c, line, cid))
+            found = self._problems(P, c, line, cid)
+            n_cells = sum(1 for _, r in P if r is not None)
+            problems.extend(found[:n_cells])
+            missing = found[n_cells:]  # after the item key's problems
         item_col = self.item_id_col
+        item_key = self.structure.item_prefix + (self.structure.item_key or "")
         iid = c[item_col]
         if self.item_id_from_product and iid:
-            parts.insert(0, b'"id":' + orjson.dumps(iid))
+            parts.insert(0, orjson.dumps(self.structure.item_key) + b":" + orjson.dumps(iid))
         if not iid:
-            problems.append(self._missing(ITEM_PREFIX + "id", line, cid))
+            problems.append(self._missing(item_key, line, cid))
         elif iid in seen_ids:
             problems.append(
                 Problem(
                     "DUPLICATE_ITEM_ID",
                     f"conversion item id {iid!r} appears twice in the conversion; "
                     "item ids must be unique within a conversion",
-                    ITEM_PREFIX + "id",
+                    item_key,
                     (seen_ids[iid], line),
                     cid,
                     self.sources[item_col],
@@ -528,10 +229,7 @@ class Plan:
             )
         else:
             seen_ids[iid] = line
-        if not c[self._qty_col]:
-            problems.append(self._missing(ITEM_PREFIX + "original_quantity", line, cid))
-        if not c[self._pid_col]:
-            problems.append(self._missing(ITEM_PREFIX + "product.id", line, cid))
+        problems.extend(missing)
         if memo_key is not None and len(problems) == before:
             self._remember(memo_key, parts)
         return b"{" + b",".join(parts) + b"}"
@@ -553,13 +251,24 @@ class Plan:
         problems: list[Problem],
         lines: tuple[int, ...],
     ) -> Built:
-        if len(items) > MAX_ITEMS:
+        st = self.structure
+        if st.max_items is not None and len(items) > st.max_items:
             problems.append(
                 Problem(
                     "TOO_MANY_ITEMS",
-                    f"{len(items)} conversion items; the API accepts at most {MAX_ITEMS} "
+                    f"{len(items)} conversion items; the API accepts at most {st.max_items} "
                     "per conversion",
-                    ITEMS,
+                    st.items,
+                    lines,
+                    cid,
+                )
+            )
+        elif len(items) < st.min_items:  # a conversion has a row per item: never today
+            problems.append(
+                Problem(
+                    "TOO_FEW_ITEMS",
+                    f"{len(items)} conversion items; the API needs at least {st.min_items}",
+                    st.items,
                     lines,
                     cid,
                 )
@@ -625,6 +334,8 @@ class Plan:
     def _problems(
         self, P: list[tuple[int, Any]], cells: list[str], line: int, cid: str | None
     ) -> list[Problem]:
+        """The problems the row code recorded: invalid cells in column order, then the
+        empty required cells (``None``) in the model's order."""
         strict = self.options.strict
         out = [
             Problem(
@@ -638,32 +349,31 @@ class Plan:
                 warning=isinstance(r, Flagged) and not strict,
             )
             for col, r in P
+            if r is not None
         ]
+        if len(out) < len(P):
+            rank = self._required_rank
+            empty = sorted((self.paths[col] for col, r in P if r is None), key=rank.__getitem__)
+            out.extend(self._missing(path, line, cid) for path in empty)
         return out
 
 
-def _columns(node: _Node) -> list[int]:
-    """The columns under a node, in member order."""
-    cols: list[int] = []
-    for _, m in node.members:
-        cols.extend(_columns(m) if isinstance(m, _Node) else [m])
-    return cols
+def __getattr__(name: str) -> Any:
+    """`ColumnPlan` (and its old name `Plan`, which engine.py and tests/test_lane.py
+    import until the merge renames them), without an import cycle: plan imports this."""
+    if name in ("ColumnPlan", "Plan"):
+        from csvbridge.convert.plan import ColumnPlan
+
+        return ColumnPlan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _under_a_value(path: str, leaves: dict[str, int]) -> bool:
-    parts = path.split(".")
-    return any(".".join(parts[:k]) in leaves for k in range(1, len(parts)))
-
-
-def _flag(col: int, r: Any, P: list[tuple[int, Any]]) -> bytes:
-    """Record a flagged or invalid cell; the member written for it (null if invalid)."""
-    P.append((col, r))
-    return r.json if isinstance(r, Flagged) else b'"_":null'
-
-
-SEGMENT_CACHE = 4096  # memoised objects per nested path; cleared when full
-ITEM_CACHE = 8192  # memoised items of build_shared; cleared when full
-ITEM_MEMO_TRIAL = 20000  # items looked up before deciding whether the memo pays
-
-
-__all__ = ["Built", "CellError", "Plan", "Record", "classify", "normalize_header"]
+__all__ = [
+    "Assembler",
+    "Built",
+    "CellError",
+    "ColumnPlan",
+    "Record",
+    "classify",
+    "normalize_header",
+]

@@ -1,6 +1,6 @@
 """Per-column codecs: one raw CSV cell -> its JSON text, or the reason it is invalid.
 
-Each documented field's `Rule` (declared once, on the pydantic models in
+Each documented field's `FieldRule` (declared once, on the pydantic models in
 `csvbridge.schema.models`) is compiled here into a plain function ``codec(raw) -> bytes``.  A
 cell's verdict depends only on its column and its text, so results are memoised per
 column: exports repeat the same statuses, currencies, product names and dates on
@@ -24,7 +24,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from csvbridge.errors import ConfigError
-from csvbridge.schema.models import DATE_RE, DateProblem, Rule, format_date, normalize_date
+from csvbridge.schema.models import DATE_RE, DateProblem, FieldRule, format_date, normalize_date
+from csvbridge.schema.pycode import compile_function
 
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 SCIENTIFIC = re.compile(r"[+-]?\d+(?:[.,]\d+)?[eE][+-]?\d+\Z")
@@ -156,13 +157,76 @@ def parse_date(raw: str, options: CodecOptions, tz: tzinfo | None) -> str:
         raise CellError("INVALID_PROPERTY_FORMAT", str(exc)) from None
 
 
-def _text_codec(rule: Rule) -> Codec:
+# A cell the codecs never see with a NUL: exports that carry one are damaged or binary,
+# and the API would store it as \u0000.
+NUL_FREE = '"\\x00" not in v'
+# An identifier a spreadsheet cannot have damaged: no trailing 0, no exponent.
+UNDAMAGED = 'v[-1:] != "0" and "e" not in v and "E" not in v'
+
+
+@dataclass(frozen=True, slots=True)
+class FastCheck:
+    """A Python test on a cell ``v`` under which the field's codec returns exactly its
+    plain JSON: ``v.encode()`` for a number, ``orjson.dumps(v)`` for a text.
+
+    It is the first line of the codec itself (`make_codec` compiles it in) and the
+    generated row code inlines the same text, so the two cannot drift: both come from
+    the field's `FieldRule`.  Cells of ids, amounts and e-mails are mostly unique: memoising
+    them does not pay, and three nested calls per cell do add up.
+    """
+
+    test: str
+    number: bool
+
+    @property
+    def value(self) -> str:
+        """The expression of the member's JSON when `test` holds."""
+        return "v.encode()" if self.number else "_dumps(v)"
+
+
+def fast_check(path: str, rule: FieldRule) -> FastCheck | None:
+    """The `FastCheck` of a field, or None when it has none (enumerations, patterns,
+    dates, booleans, lists, custom values: their memoised codec is the fast path)."""
+    leaf = path.rsplit(".", 1)[-1]
+    tests: list[str] = []
+    if rule.kind == "number":
+        tests.append("PLAIN_NUMBER(v)")  # never holds a NUL
+        if rule.ge is not None:
+            tests.append(f"float(v) >= {rule.ge!r}")
+        if rule.le is not None:
+            tests.append(f"float(v) <= {rule.le!r}")
+    elif rule.kind == "text" and not rule.choices and not rule.pattern:
+        tests.append(NUL_FREE)
+        lo, hi = rule.min_len, rule.max_len
+        if lo is not None and lo > 1:  # a cell reaching the codec is never empty
+            tests.append(f"len(v) >= {lo}")
+        if hi is not None:
+            tests.append(f"len(v) <= {hi}")
+    else:
+        return None
+    if leaf in IDENTIFIER_FIELDS:
+        tests.append(UNDAMAGED)
+    return FastCheck(" and ".join(tests), rule.kind == "number")
+
+
+def _refuse_nul(raw: str) -> None:
+    at = raw.find("\x00")
+    if at >= 0:
+        raise CellError(
+            "NUL_BYTE",
+            f"contains a NUL byte (\\x00) at character {at + 1}: the export is damaged "
+            "or binary there; remove the byte or re-export the file",
+        )
+
+
+def _text_codec(rule: FieldRule) -> Codec:
     lo, hi = rule.min_len, rule.max_len
     pattern = re.compile(rule.pattern) if rule.pattern else None
     choices = frozenset(rule.choices) if rule.choices else None
     what = rule.what
 
     def codec(raw: str) -> bytes:
+        _refuse_nul(raw)
         if choices is not None and raw not in choices:
             raise CellError(
                 "INVALID_PROPERTY_FORMAT",
@@ -183,17 +247,28 @@ def _text_codec(rule: Rule) -> Codec:
     return codec
 
 
-def make_codec(path: str, rule: Rule, options: CodecOptions) -> Codec:
-    """The codec for the field at dot path `path` (documented, or a custom.* key)."""
+def _number_codec(rule: FieldRule, decimal_comma: bool) -> Codec:
+    ge, le = rule.ge, rule.le
+
+    def codec(raw: str) -> bytes:
+        _refuse_nul(raw)
+        out = number_json(raw, decimal_comma)
+        if ge is not None and float(out) < ge:
+            raise CellError("INVALID_PROPERTY_FORMAT", f"{raw!r} is less than {ge:g}")
+        if le is not None and float(out) > le:
+            raise CellError("INVALID_PROPERTY_FORMAT", f"{raw!r} is more than {le:g}")
+        return out
+
+    return codec
+
+
+def _slow_codec(rule: FieldRule, options: CodecOptions) -> Codec:
+    """The whole rule of a field, for every cell its `FastCheck` does not cover."""
     if rule.kind == "number":
-        dc = options.decimal_comma
-
-        def codec(raw: str) -> bytes:
-            if PLAIN_NUMBER(raw):
-                return raw.encode()  # what number_json returns for it, sooner
-            return number_json(raw, dc)
-
-    elif rule.kind == "bool":
+        return _number_codec(rule, options.decimal_comma)
+    if rule.kind == "text":
+        return _text_codec(rule)
+    if rule.kind == "bool":
 
         def codec(raw: str) -> bytes:
             low = raw.strip().lower()
@@ -201,6 +276,7 @@ def make_codec(path: str, rule: Rule, options: CodecOptions) -> Codec:
                 return b"true"
             if low in FALSE:
                 return b"false"
+            _refuse_nul(raw)
             raise CellError(
                 "INVALID_PROPERTY_TYPE", f"{raw!r} is not a boolean (true/false/1/0/yes/no)"
             )
@@ -209,49 +285,48 @@ def make_codec(path: str, rule: Rule, options: CodecOptions) -> Codec:
         tz = options.tz()
 
         def codec(raw: str) -> bytes:
+            _refuse_nul(raw)
             return _dumps(parse_date(raw, options, tz))
 
     elif rule.kind == "list":
 
         def codec(raw: str) -> bytes:
+            _refuse_nul(raw)
             return _dumps([part for part in raw.split("|") if part])
 
-    elif rule.kind == "object":
+    else:  # "object": a custom value, any text
 
         def codec(raw: str) -> bytes:
+            _refuse_nul(raw)
             return _dumps(raw)
 
-    else:
-        codec = _text_codec(rule)
-
-    leaf = path.rsplit(".", 1)[-1]
-    if leaf in IDENTIFIER_FIELDS and rule.kind != "object":
-        return _identifier_guard(codec, leaf)
     return codec
 
 
-def inline_test(path: str, rule: Rule) -> str | None:
-    """A Python test on a cell `v` under which this field's codec returns exactly
-    ``orjson.dumps(v)`` (text) or ``v.encode()`` (number), for the generated row code.
+def make_codec(path: str, rule: FieldRule, options: CodecOptions) -> Codec:
+    """The codec for the field at dot path `path` (documented, or a custom.* key).
 
-    Cells of ids, amounts and e-mails are mostly unique: memoising them does not pay,
-    and three nested calls per cell do add up.  Anything the test does not cover goes
-    through the full codec.  Returns None when there is no such shortcut.
+    Its first line is the field's `FastCheck` (compiled from the same text the row code
+    inlines); the rest of the rule follows.
     """
     leaf = path.rsplit(".", 1)[-1]
-    if rule.kind == "number":
-        return None if leaf in IDENTIFIER_FIELDS else "PLAIN_NUMBER(v)"
-    if rule.kind != "text" or rule.choices or rule.pattern:
-        return None
-    lo, hi = rule.min_len, rule.max_len
-    tests = []
-    if lo is not None and lo > 1:  # a cell reaching the codec is never empty
-        tests.append(f"len(v) >= {lo}")
-    if hi is not None:
-        tests.append(f"len(v) <= {hi}")
-    if leaf in IDENTIFIER_FIELDS:
-        tests.append('v[-1:] != "0" and "e" not in v and "E" not in v')
-    return " and ".join(tests) or "True"
+    slow = _slow_codec(rule, options)
+    if leaf in IDENTIFIER_FIELDS and rule.kind != "object":
+        slow = _identifier_guard(slow, leaf)
+    fast = fast_check(path, rule)
+    if fast is None:
+        return slow
+    source = (
+        f"def codec(v):  # {path}\n"
+        f"    if {fast.test}:\n"
+        f"        return {fast.value}\n"
+        "    return slow(v)\n"
+    )
+    env = {"PLAIN_NUMBER": PLAIN_NUMBER, "_dumps": _dumps, "slow": slow}
+    return compile_function("codec", source, env, f"codec {path}")  # type: ignore[no-any-return]
+
+
+_undamaged = eval(f"lambda v: {UNDAMAGED}")  # noqa: S307 - our own constant
 
 
 def _identifier_guard(inner: Codec, leaf: str) -> Codec:
@@ -259,7 +334,7 @@ def _identifier_guard(inner: Codec, leaf: str) -> Codec:
 
     def codec(raw: str) -> bytes | Flagged:
         out = inner(raw)
-        if raw[-1:] != "0" and "e" not in raw and "E" not in raw:
+        if _undamaged(raw):
             return out  # neither pattern below can match
         if SCIENTIFIC.match(raw):
             return Flagged(

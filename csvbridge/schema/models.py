@@ -2,7 +2,7 @@
 
 These models are the contract (see ``shared/reference/commandersact-conversions-products-
 bulk-api-v2.md``): every length, enumeration, format and requirement lives here once.
-Each constrained type also carries a small `Rule` in its ``Annotated`` metadata; pydantic
+Each constrained type also carries a small `FieldRule` in its ``Annotated`` metadata; pydantic
 ignores it, and `csvbridge.schema.codecs` compiles it into the per-column validators of the fast
 CSV path.  A differential test keeps the two in agreement, so a rule changed here changes
 both paths.
@@ -31,7 +31,7 @@ from pydantic import (
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
+class FieldRule:
     """What one scalar field accepts, in a form both pydantic and the fast path can use."""
 
     kind: Literal["text", "number", "bool", "date", "list", "object"]
@@ -40,15 +40,36 @@ class Rule:
     pattern: str | None = None
     choices: tuple[str, ...] | None = None
     what: str = ""  # human name of the format, for messages ("ISO-4217 currency code")
+    ge: float | None = None  # numeric bounds (kind "number")
+    le: float | None = None
 
 
-def _text(
+@dataclass(frozen=True, slots=True)
+class UniqueBy:
+    """Metadata on a list of objects: no two of them may share this member's value.
+
+    Checked by the models (`_Strict`) and by the CSV fold (`csvbridge.schema.structure`).
+    """
+
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
+class FillFrom:
+    """Metadata on a required field: a CSV may leave its column out, and the value is then
+    taken from the sibling dot path `path` (the reference: "you can use the product id")."""
+
+    path: str
+
+
+def text_field(
     min_len: int | None = 1,
     max_len: int | None = None,
     pattern: str | None = None,
     what: str = "",
 ) -> Any:
-    rule = Rule("text", min_len, max_len, pattern, None, what)
+    """A text type: pydantic's constraints and the fast path's rule from one call."""
+    rule = FieldRule("text", min_len, max_len, pattern, None, what)
     return Annotated[
         StrictStr,
         StringConstraints(min_length=min_len, max_length=max_len, pattern=pattern),
@@ -56,8 +77,18 @@ def _text(
     ]
 
 
-def _enum(*values: str) -> Any:
-    return Annotated[Literal[values], Rule("text", choices=values)]  # type: ignore[valid-type]
+def number_field(ge: float | None = None, le: float | None = None) -> Any:
+    """A finite number type, optionally bounded, for pydantic and the fast path at once."""
+    return Annotated[
+        float,
+        Field(strict=True, allow_inf_nan=False, ge=ge, le=le),
+        FieldRule("number", ge=ge, le=le),
+    ]
+
+
+def enum_field(*values: str) -> Any:
+    """An enumeration of texts, for pydantic and the fast path at once."""
+    return Annotated[Literal[values], FieldRule("text", choices=values)]  # type: ignore[valid-type]
 
 
 # The four accepted ISO-8601 forms ("Date formats" section of the reference).
@@ -109,18 +140,20 @@ def _check_date(value: str) -> str:
         raise ValueError(str(exc)) from None
 
 
-Text250 = _text(1, 250)
-Id50 = _text(1, 50)
-Currency = _text(pattern=r"^[A-Z]{3}$", what="ISO-4217 currency code (three upper-case letters)")
-CountryCode = _text(pattern=r"^[A-Z]{2}$", what="ISO-3166 alpha-2 country code")
-Url = _text(1, 2048, pattern=r"^https?://\S+$", what="http(s) URL")
-IsoDate = Annotated[StrictStr, AfterValidator(_check_date), Rule("date", what="ISO-8601 date")]
-Number = Annotated[float, Field(strict=True, allow_inf_nan=False), Rule("number")]
-Bool = Annotated[StrictBool, Rule("bool")]
-TextList = Annotated[list[StrictStr], Rule("list")]
-Custom = Annotated[dict[str, Any], Rule("object")]
+Text250 = text_field(1, 250)
+Id50 = text_field(1, 50)
+Currency = text_field(
+    pattern=r"^[A-Z]{3}$", what="ISO-4217 currency code (three upper-case letters)"
+)
+CountryCode = text_field(pattern=r"^[A-Z]{2}$", what="ISO-3166 alpha-2 country code")
+Url = text_field(1, 2048, pattern=r"^https?://\S+$", what="http(s) URL")
+IsoDate = Annotated[StrictStr, AfterValidator(_check_date), FieldRule("date", what="ISO-8601 date")]
+Number = number_field()
+Bool = Annotated[StrictBool, FieldRule("bool")]
+TextList = Annotated[list[StrictStr], FieldRule("list")]
+Custom = Annotated[dict[str, Any], FieldRule("object")]
 
-Status = _enum(
+ConversionStatus = enum_field(
     "canceled",
     "delivered",
     "in_progress",
@@ -132,7 +165,7 @@ Status = _enum(
     "shipped",
     "pending",
 )
-PaymentMethod = _enum(
+PaymentMethod = enum_field(
     "by_bank_transfer_in_advance",
     "by_invoice",
     "card",
@@ -143,9 +176,9 @@ PaymentMethod = _enum(
     "online_payment_system",
     "other",
 )
-Condition = _enum("new", "refurbished", "used")
-Availability = _enum("in_stock", "available", "pre_order", "out_of_stock")
-Gender = _enum("male", "female", "unisex")
+Condition = enum_field("new", "refurbished", "used")
+Availability = enum_field("in_stock", "available", "pre_order", "out_of_stock")
+Gender = enum_field("male", "female", "unisex")
 
 MAX_ITEMS = 150
 
@@ -160,7 +193,32 @@ READ_ONLY_CONVERSION_FIELDS = (
 )
 
 
-class _Strict(BaseModel):
+class _Checked(BaseModel):
+    """Enforces the structural metadata declared on fields: `UniqueBy` on lists of
+    objects, ``minProperties`` (JSON Schema) on an open object's config."""
+
+    @model_validator(mode="after")
+    def _structure(self) -> Any:
+        least = (self.model_config.get("json_schema_extra") or {}).get("minProperties")  # type: ignore[union-attr]
+        if least and len(self.model_dump(exclude_none=True)) < least:
+            first = next(iter(type(self).model_fields), "")
+            name = type(self).__name__.lower()
+            raise ValueError(f"{name} needs at least one property (e.g. {first}) to match on")
+        for fname, info in type(self).model_fields.items():
+            unique = next((m for m in info.metadata if isinstance(m, UniqueBy)), None)
+            if unique is None:
+                continue
+            seen: set[Any] = set()
+            for obj in getattr(self, fname) or ():
+                key = getattr(obj, unique.member)
+                if key in seen:
+                    what = f"{fname.replace('_', ' ').rstrip('s')} {unique.member}"
+                    raise ValueError(f"{what} {key!r} appears twice")
+                seen.add(key)
+        return self
+
+
+class _Strict(_Checked):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -175,7 +233,7 @@ class Coordinates(_Strict):
 class Address(_Strict):
     country: Text250 | None = None
     iso_country_code: CountryCode | None = None
-    country_code: Annotated[StrictStr, Rule("text")] | None = None
+    country_code: Annotated[StrictStr, FieldRule("text")] | None = None
     region: Text250 | None = None
     locality: Text250 | None = None
     postal_code: Text250 | None = None
@@ -186,25 +244,19 @@ class Address(_Strict):
     coordinates: Coordinates | None = None
 
 
-class User(BaseModel):
+class User(_Checked):
     """Properties used to match the user; any extra property is allowed."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, json_schema_extra={"minProperties": 1})
 
     email: Text250 | None = None
-    consent_categories: Annotated[list[StrictStr | StrictInt], Rule("list")] | None = None
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> User:
-        if not self.model_dump(exclude_none=True):
-            raise ValueError("user needs at least one property (e.g. email) to match on")
-        return self
+    consent_categories: Annotated[list[StrictStr | StrictInt], FieldRule("list")] | None = None
 
 
 class Product(_Strict):
     id: Id50
-    name: _text(1, 500) | None = None
-    description: _text(None, 5000) | None = None
+    name: text_field(1, 500) | None = None
+    description: text_field(None, 5000) | None = None
     category_1: Text250 | None = None
     category_2: Text250 | None = None
     category_3: Text250 | None = None
@@ -234,7 +286,7 @@ class Product(_Strict):
 
 
 class ConversionItem(_Strict):
-    id: _text(1, None)
+    id: Annotated[text_field(1, None), FillFrom("product.id")]
     original_quantity: Number
     cancelled_quantity: Number | None = None
     returned_quantity: Number | None = None
@@ -255,7 +307,7 @@ class Conversion(_Strict):
     id: Id50
     user: User
     type: Text250
-    status: Status
+    status: ConversionStatus
     created: IsoDate
     updated: IsoDate | None = None
     acknowledged: Bool | None = None
@@ -267,7 +319,7 @@ class Conversion(_Strict):
     shipping_provider: Text250 | None = None
     shipping_tracking_code: Text250 | None = None
     payment_method: PaymentMethod | None = None
-    payment_provider: Annotated[StrictStr, Rule("text", min_len=1)] | None = None
+    payment_provider: Annotated[StrictStr, FieldRule("text", min_len=1)] | None = None
     original_amount: Number | None = None
     cancelled_amount: Number | None = None
     returned_amount: Number | None = None
@@ -277,7 +329,9 @@ class Conversion(_Strict):
     tax_amount: Number | None = None
     final_amount: Number | None = None
     custom: Custom | None = None
-    conversion_items: Annotated[list[ConversionItem], Field(min_length=1, max_length=MAX_ITEMS)]
+    conversion_items: Annotated[
+        list[ConversionItem], Field(min_length=1, max_length=MAX_ITEMS), UniqueBy("id")
+    ]
 
     @model_validator(mode="before")
     @classmethod
@@ -291,27 +345,18 @@ class Conversion(_Strict):
                 )
         return data
 
-    @model_validator(mode="after")
-    def _unique_item_ids(self) -> Conversion:
-        seen: set[str] = set()
-        for item in self.conversion_items:
-            if item.id in seen:
-                raise ValueError(f"conversion item id {item.id!r} appears twice")
-            seen.add(item.id)
-        return self
-
 
 # --------------------------------------------------------------------------- catalogue
 
 
-def _unwrap(annotation: Any) -> tuple[Any, Rule | None]:
-    """Strip Optional[...] and Annotated[...]; return the bare type and its Rule."""
+def _unwrap(annotation: Any) -> tuple[Any, FieldRule | None]:
+    """Strip Optional[...] and Annotated[...]; return the bare type and its FieldRule."""
     rule = None
     while True:
         origin = get_origin(annotation)
         if origin is Annotated:
             args = get_args(annotation)
-            rule = next((m for m in args[1:] if isinstance(m, Rule)), rule)
+            rule = next((m for m in args[1:] if isinstance(m, FieldRule)), rule)
             annotation = args[0]
         elif origin is not None and type(None) in get_args(annotation):
             annotation = next(a for a in get_args(annotation) if a is not type(None))
@@ -319,18 +364,18 @@ def _unwrap(annotation: Any) -> tuple[Any, Rule | None]:
             return annotation, rule
 
 
-def field_rules(model: type[BaseModel], prefix: str = "") -> dict[str, Rule]:
-    """Every scalar leaf of `model` as ``{"dot.path": Rule}``, in declaration order.
+def field_rules(model: type[BaseModel], prefix: str = "") -> dict[str, FieldRule]:
+    """Every scalar leaf of `model` as ``{"dot.path": FieldRule}``, in declaration order.
 
     Nested models are walked (``billing_address.coordinates.latitude``); lists of models
     (``conversion_items``) are walked with the list's own name as prefix, which is how the
     documented CSV header names item columns.
     """
-    rules: dict[str, Rule] = {}
+    rules: dict[str, FieldRule] = {}
     for name, info in model.model_fields.items():
         bare, rule = _unwrap(info.annotation)
         # pydantic moves a top-level Annotated's metadata onto the FieldInfo
-        rule = next((m for m in info.metadata if isinstance(m, Rule)), rule)
+        rule = next((m for m in info.metadata if isinstance(m, FieldRule)), rule)
         if get_origin(bare) is list:
             (inner,) = get_args(bare)
             inner, _ = _unwrap(inner)
@@ -341,7 +386,7 @@ def field_rules(model: type[BaseModel], prefix: str = "") -> dict[str, Rule]:
             rules.update(field_rules(bare, f"{prefix}{name}."))
             continue
         if rule is None:
-            raise TypeError(f"{prefix}{name} has no Rule")  # a model bug, caught by tests
+            raise TypeError(f"{prefix}{name} has no FieldRule")  # a model bug, caught by tests
         rules[prefix + name] = rule
     return rules
 
@@ -394,114 +439,14 @@ def error_property(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc if not isinstance(p, int)) or "(object)"
 
 
-# --------------------------------------------------------------------------- CSV feed header
+# --------------------------------------------------------------------------- the template
 
-# The header of the official CSV feed template (commandersact-conversions-csv-template.csv),
-# in its order.  The feed writer emits exactly these names (then any custom.* columns); the
-# reader accepts them case-insensitively.  ``consent_categories`` is the template's bare name
-# for ``user.consent_categories``.
-TEMPLATE_HEADER: tuple[str, ...] = (
-    "id",
-    "user.user_email",
-    "consent_categories",
-    "type",
-    "status",
-    "created",
-    "updated",
-    "acknowledged",
-    "currency",
-    "comment",
-    "billing_address.country",
-    "billing_address.iso_country_code",
-    "billing_address.country_code",
-    "billing_address.region",
-    "billing_address.locality",
-    "billing_address.postal_code",
-    "billing_address.recipient",
-    "billing_address.street_address",
-    "billing_address.full_address",
-    "billing_address.label",
-    "billing_address.coordinates.latitude",
-    "billing_address.coordinates.longitude",
-    "contact_address.country",
-    "contact_address.iso_country_code",
-    "contact_address.country_code",
-    "contact_address.region",
-    "contact_address.locality",
-    "contact_address.postal_code",
-    "contact_address.recipient",
-    "contact_address.street_address",
-    "contact_address.full_address",
-    "contact_address.label",
-    "contact_address.coordinates.latitude",
-    "contact_address.coordinates.longitude",
-    "shipping_address.country",
-    "shipping_address.iso_country_code",
-    "shipping_address.country_code",
-    "shipping_address.region",
-    "shipping_address.locality",
-    "shipping_address.postal_code",
-    "shipping_address.recipient",
-    "shipping_address.street_address",
-    "shipping_address.full_address",
-    "shipping_address.label",
-    "shipping_address.coordinates.latitude",
-    "shipping_address.coordinates.longitude",
-    "shipping_provider",
-    "shipping_tracking_code",
-    "payment_method",
-    "original_amount",
-    "cancelled_amount",
-    "returned_amount",
-    "exchanged_amount",
-    "shipping_amount",
-    "discount_amount",
-    "tax_amount",
-    "final_amount",
-    "conversion_items.id",
-    "conversion_items.original_quantity",
-    "conversion_items.cancelled_quantity",
-    "conversion_items.returned_quantity",
-    "conversion_items.exchanged_quantity",
-    "conversion_items.final_quantity",
-    "conversion_items.original_amount",
-    "conversion_items.cancelled_amount",
-    "conversion_items.returned_amount",
-    "conversion_items.exchanged_amount",
-    "conversion_items.final_amount",
-    "conversion_items.price",
-    "conversion_items.original_item",
-    "conversion_items.product.id",
-    "conversion_items.product.name",
-    "conversion_items.product.description",
-    "conversion_items.product.category_1",
-    "conversion_items.product.category_2",
-    "conversion_items.product.category_3",
-    "conversion_items.product.category_4",
-    "conversion_items.product.category_5",
-    "conversion_items.product.tags",
-    "conversion_items.product.condition",
-    "conversion_items.product.availability",
-    "conversion_items.product.availability_date",
-    "conversion_items.product.expiration_date",
-    "conversion_items.product.price",
-    "conversion_items.product.sale_price",
-    "conversion_items.product.currency",
-    "conversion_items.product.image_link",
-    "conversion_items.product.link",
-    "conversion_items.product.brand",
-    "conversion_items.product.width",
-    "conversion_items.product.length",
-    "conversion_items.product.height",
-    "conversion_items.product.weight",
-    "conversion_items.product.size",
-    "conversion_items.product.colors",
-    "conversion_items.product.gtin",
-    "conversion_items.product.mpn",
-)
 
-# Product catalog feed: one line per product, the Product properties in schema order.
-PRODUCT_HEADER: tuple[str, ...] = tuple(name for name in Product.model_fields if name != "custom")
+def __getattr__(name: str) -> Any:
+    """The template's header names live in `csvbridge.schema.template` (which reads the
+    Product model); kept importable from here, lazily, without an import cycle."""
+    if name in ("TEMPLATE_HEADER", "PRODUCT_HEADER", "HEADER_ALIASES"):
+        from csvbridge.schema import template
 
-# Header aliases: a documented column name -> the path it fills.
-HEADER_ALIASES = {"consent_categories": "user.consent_categories"}
+        return getattr(template, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
