@@ -171,9 +171,9 @@ def test_ungrouped_rejects_and_problems_come_out_in_the_grouped_order(
 ):
     """The bucket sort builds conversions bucket by bucket, but the merge puts every
     valid line, every reject and every problem back in order of first appearance."""
-    import csvbridge.convert.engine as cv
+    import csvbridge.convert.regroup as rg
 
-    monkeypatch.setattr(cv, "BUCKET_BYTES", 512)  # many small buckets
+    monkeypatch.setattr(rg, "BUCKET_BYTES", 512)  # many small buckets
     rows = grouped_rows(300, seed=11)
     shuffled = ungroup(rows, seed=12)
     regrouped = grouped_like(rows, shuffled)

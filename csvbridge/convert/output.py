@@ -1,0 +1,100 @@
+"""`convert_file`: one conversion, its output, report and rejects written where asked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from csvbridge.config import ConvertSettings
+from csvbridge.convert.engine import convert
+from csvbridge.convert.rejects import write_rejects
+from csvbridge.errors import ConfigError
+from csvbridge.report import Report
+
+
+def convert_file(
+    source: str | Path,
+    output: str | Path | None = None,
+    *,
+    to: str = "ndjson",
+    kind: str = "conversions",
+    settings: ConvertSettings | None = None,
+    mapping: str | Path | None = None,
+    report_path: str | Path | None = None,
+    rejects_path: str | Path | None = None,
+    products_from_conversions: bool = False,
+) -> Report:
+    """`csvbridge convert`: a CSV export -> NDJSON (or a CSV feed) + report + rejects.
+
+    The output is written under a temporary name and renamed into place, so a reader
+    never sees half of it; ``output=None`` writes to stdout.
+    """
+    # work beside the output when there is one: the result is then moved, not copied
+    near = None
+    if output is not None and str(output) != "-":
+        parent = Path(output).parent
+        if parent.is_dir() and os.access(parent, os.W_OK):
+            near = parent
+    with tempfile.TemporaryDirectory(prefix=".csvbridge-", dir=near) as tmp:
+        work = Path(tmp)
+        done = convert(
+            source,
+            work,
+            kind=kind,
+            settings=settings,
+            mapping=mapping,
+            products_from_conversions=products_from_conversions,
+        )
+        report = done.report
+        if to == "feed":
+            import orjson
+
+            from csvbridge.ship.feed import write_feed
+
+            feed = work / ("feed.csv")
+            with open(done.ndjson, "rb") as nd:
+                write_feed((orjson.loads(line) for line in nd), feed, report.kind)
+            produced = feed
+        else:
+            produced = done.ndjson
+        if output is None or str(output) == "-":
+            with open(produced, "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+            sys.stdout.buffer.flush()
+            report.outputs = {to: "-"}  # not the temporary file, gone on return
+        else:
+            dest = Path(output)
+            part = dest.with_name(dest.name + ".part")
+            with _writing("output", dest):
+                if near is not None:
+                    produced.replace(dest)  # same file system: an atomic rename
+                else:
+                    shutil.copyfile(produced, part)
+                    part.replace(dest)
+            report.outputs = {to: str(dest)}
+        if rejects_path is not None and report.objects_rejected:
+            with _writing("rejects", rejects_path):
+                n = write_rejects(done, Path(source), Path(rejects_path))
+            report.outputs["rejects"] = str(rejects_path)
+            report.outputs["rejected_rows"] = str(n)
+    if report_path is not None:
+        with _writing("report", report_path):
+            Path(report_path).write_bytes(report.to_json())
+    return report
+
+
+@contextmanager
+def _writing(what: str, path: str | Path) -> Iterator[None]:
+    """An output that cannot be written is a usage error (exit 2), not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"cannot write the {what}: {exc.strerror}", file=str(path)) from None
+
+
+__all__ = ["convert_file"]

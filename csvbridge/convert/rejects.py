@@ -1,0 +1,55 @@
+"""The rejects file: the rejected rows in the source's own dialect and header, plus an
+error column, ready to be fixed and dropped again."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from csvbridge.read.csvfile import CsvFile, parse_chunk
+
+if TYPE_CHECKING:
+    from csvbridge.convert.workdir import Converted
+
+ERROR_COLUMN = "csvbridge_error"
+
+
+def write_rejects(converted: Converted, source: Path, dest: Path) -> int:
+    """Write the rejected rows, in the source's own dialect and header, plus an error column.
+
+    `source` is read only when the conversion does not know its own (a stream spooled
+    by the conversion is read from its spool).  Returns the number of rows written.
+    """
+    work = converted.work
+    reasons: dict[int, str] = {}
+    with open(work.rejected, encoding="utf-8") as f:
+        for entry in f:
+            lines, _, reason = entry.rstrip("\n").partition("\t")
+            for n in lines.split(","):
+                reasons[int(n)] = reason
+    if not reasons:
+        return 0
+    used = converted.report.dialect  # read it the way it was converted (forced options)
+    if work.source is not None:
+        csvf = work.open_source()
+    else:
+        csvf = CsvFile(source, encoding=used.get("encoding"), delimiter=used.get("delimiter"))
+    written = 0
+    with csvf:
+        d = csvf.dialect
+        tmp = dest.with_name(dest.name + ".part")
+        with open(tmp, "w", encoding=d.encoding, errors="replace", newline="") as out:
+            w = csv.writer(out, delimiter=d.delimiter, lineterminator="\r\n")
+            w.writerow([*csvf.header, ERROR_COLUMN])
+            for data, first in csvf.chunks():
+                for row in parse_chunk(data, first, d).rows:
+                    reason = reasons.get(row.line)
+                    if reason is not None:
+                        w.writerow([*row.cells, f"line {row.line}: {reason}"])
+                        written += 1
+        tmp.replace(dest)
+    return written
+
+
+__all__ = ["ERROR_COLUMN", "write_rejects"]
