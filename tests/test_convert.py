@@ -16,6 +16,7 @@ import pytest
 import csvbridge.read.csvfile
 from csvbridge.config import ConvertSettings
 from csvbridge.convert.engine import convert, read_records
+from csvbridge.convert.output import convert_file
 from csvbridge.errors import InputError
 from csvbridge.schema.models import Conversion
 
@@ -315,16 +316,37 @@ def test_gzip_and_stream_sources(tmp_path):
     assert stream == plain
 
 
-def test_stdin_dash(tmp_path, monkeypatch):
+class _Untouchable(io.RawIOBase):
+    """stdin/stdout for a library call: reading or writing them fails the test."""
+
+    @property
+    def buffer(self) -> _Untouchable:
+        return self
+
+    def readinto(self, b: Any) -> int:
+        raise AssertionError("the library read sys.stdin")
+
+    def write(self, b: Any) -> int:
+        raise AssertionError("the library wrote sys.stdout")
+
+
+def test_the_library_never_touches_stdin_or_stdout(tmp_path, monkeypatch):
+    """stdin and stdout are the command line's: the library takes paths and streams,
+    and a path named "-" is a file."""
     raw = TEMPLATE.read_bytes()
-
-    class FakeStdin:
-        buffer = io.BufferedReader(io.BytesIO(raw))
-
-    monkeypatch.setattr(sys, "stdin", FakeStdin)
-    done = convert("-", tmp_path / "w", settings=ConvertSettings(workers=1, conflict="first"))
-    assert done.report.objects_valid == 5
-    assert done.report.file == "-"
+    monkeypatch.setattr(sys, "stdin", _Untouchable())
+    monkeypatch.setattr(sys, "stdout", _Untouchable())
+    s = ConvertSettings(workers=1, conflict="first")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-").write_bytes(raw)
+    done = convert("-", tmp_path / "w", settings=s)
+    assert done.report.objects_valid == 5 and done.report.file == "-"
+    stream = convert(io.BytesIO(raw), tmp_path / "w2", settings=s, name="upload.csv")
+    assert stream.report.file == "upload.csv"
+    assert stream.ndjson.read_bytes() == done.ndjson.read_bytes()
+    out = io.BytesIO()
+    report = convert_file(io.BytesIO(raw), out, settings=s)
+    assert out.getvalue() == done.ndjson.read_bytes() and report.objects_valid == 5
 
 
 def test_french_semicolon_cp1252_and_its_utf8_bom_tab_sibling(tmp_path):

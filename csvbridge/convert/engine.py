@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -327,7 +326,8 @@ def convert(
     """Convert one CSV export (a path, or a binary stream) into ``work_dir``.
 
     Raises `InputError` for a file that cannot be used at all; every other problem is a
-    rejected object or a warning in the returned report.
+    rejected object or a warning in the returned report.  A path is always a file
+    (``-`` too): the command line hands stdin over as a stream.
     """
     settings = settings or ConvertSettings()
     started = time.monotonic()
@@ -339,10 +339,10 @@ def convert(
     if products_from_conversions:
         kind = "products"
     label = name or (str(source) if isinstance(source, (str, Path)) else "<stream>")
-    if isinstance(source, (str, Path)) and str(source) == "-":
-        source = sys.stdin.buffer
-    # a stream can be read once; the fallbacks read it again from a spool
-    path = Path(source) if isinstance(source, (str, Path)) else work.spool(source)
+    # "-" too is a path (stdin is the CLI's); a stream is spooled: the fallbacks read again
+    path = (
+        Path(os.path.abspath(source)) if isinstance(source, (str, Path)) else work.spool(source)
+    )
     opts = mapping.options if mapping is not None else None
     encoding = settings.encoding or (opts.encoding if opts else None)
     delimiter = settings.delimiter or (opts.delimiter if opts else None)

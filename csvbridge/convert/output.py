@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from csvbridge.config import ConvertSettings
 from csvbridge.convert.engine import convert
@@ -18,8 +18,8 @@ from csvbridge.report import Report
 
 
 def convert_file(
-    source: str | Path,
-    output: str | Path | None = None,
+    source: str | Path | BinaryIO,
+    output: str | Path | BinaryIO,
     *,
     to: str = "ndjson",
     kind: str = "conversions",
@@ -28,16 +28,19 @@ def convert_file(
     report_path: str | Path | None = None,
     rejects_path: str | Path | None = None,
     products_from_conversions: bool = False,
+    name: str | None = None,
 ) -> Report:
     """`csvbridge convert`: a CSV export -> NDJSON (or a CSV feed) + report + rejects.
 
-    The output is written under a temporary name and renamed into place, so a reader
-    never sees half of it; ``output=None`` writes to stdout.
+    `source` and `output` are paths or binary streams (the command line passes stdin
+    and stdout).  An output path is written under a temporary name and renamed into
+    place, so a reader never sees half of it.
     """
+    to_stream = not isinstance(output, (str, Path))
     # work beside the output when there is one: the result is then moved, not copied
     near = None
-    if output is not None and str(output) != "-":
-        parent = Path(output).parent
+    if not to_stream:
+        parent = Path(output).parent  # type: ignore[arg-type]
         if parent.is_dir() and os.access(parent, os.W_OK):
             near = parent
     with tempfile.TemporaryDirectory(prefix=".csvbridge-", dir=near) as tmp:
@@ -49,6 +52,7 @@ def convert_file(
             settings=settings,
             mapping=mapping,
             products_from_conversions=products_from_conversions,
+            name=name,
         )
         report = done.report
         if to == "feed":
@@ -62,13 +66,13 @@ def convert_file(
             produced = feed
         else:
             produced = done.ndjson
-        if output is None or str(output) == "-":
+        if to_stream:
             with open(produced, "rb") as f:
-                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
-            sys.stdout.buffer.flush()
-            report.outputs = {to: "-"}  # not the temporary file, gone on return
+                shutil.copyfileobj(f, output, 1 << 20)  # type: ignore[arg-type]
+            output.flush()  # type: ignore[union-attr]
+            report.outputs = {to: "<stream>"}  # not the temporary file, gone on return
         else:
-            dest = Path(output)
+            dest = Path(output)  # type: ignore[arg-type]
             part = dest.with_name(dest.name + ".part")
             with _writing("output", dest):
                 if near is not None:
@@ -79,7 +83,7 @@ def convert_file(
             report.outputs = {to: str(dest)}
         if rejects_path is not None and report.objects_rejected:
             with _writing("rejects", rejects_path):
-                n = write_rejects(done, Path(source), Path(rejects_path))
+                n = write_rejects(done, done.work.source, Path(rejects_path))  # type: ignore[arg-type]
             report.outputs["rejects"] = str(rejects_path)
             report.outputs["rejected_rows"] = str(n)
     if report_path is not None:
