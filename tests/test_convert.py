@@ -501,3 +501,24 @@ def test_missing_required_column_is_an_input_error(tmp_path):
     header = [h for h in HEADER if h != "currency"]
     with pytest.raises(InputError, match="currency"):
         run(tmp_path, to_csv([], header))
+
+
+# --------------------------------------------------------------------------- no rows
+
+
+def test_a_header_that_swallows_the_file_is_never_a_success(tmp_path):
+    """A header cell with an odd number of quotes (`Screen size (")`) made the whole
+    file read as header: 0 rows, exit 0.  Bytes after a header and no rows is an error."""
+    body = TEMPLATE.read_text(encoding="utf-8")
+    header, _, rows = body.partition("\n")
+    swallowed = (header.replace("comment", 'Screen size (")') + "\n" + rows).encode()
+    with pytest.raises(InputError, match="no rows could be read"):
+        run(tmp_path, swallowed, s={"conflict": "first"})
+
+
+def test_a_header_and_blank_lines_is_an_empty_export(tmp_path):
+    header = TEMPLATE.read_text(encoding="utf-8").partition("\n")[0]
+    for n, text in enumerate([header, header + "\n", header + "\r\n\r\n,,,\n\n"]):
+        out, report, _ = run(tmp_path, text.encode(), name=f"e{n}.csv")
+        assert out == b"" and report.rows_converted == report.rows_rejected == 0
+        assert [w["code"] for w in report.problems.warnings] == ["EMPTY_EXPORT"], text

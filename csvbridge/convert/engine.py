@@ -52,6 +52,7 @@ from csvbridge.convert.worker import (
     init_worker,
     state,
 )
+from csvbridge.errors import InputError
 from csvbridge.read.csvfile import CHUNK_BYTES, CsvFile, Row
 from csvbridge.read.mapping import Mapping, load_mapping
 from csvbridge.report import Problem, ProblemLog, Report
@@ -340,9 +341,7 @@ def convert(
         kind = "products"
     label = name or (str(source) if isinstance(source, (str, Path)) else "<stream>")
     # "-" too is a path (stdin is the CLI's); a stream is spooled: the fallbacks read again
-    path = (
-        Path(os.path.abspath(source)) if isinstance(source, (str, Path)) else work.spool(source)
-    )
+    path = Path(os.path.abspath(source)) if isinstance(source, (str, Path)) else work.spool(source)
     opts = mapping.options if mapping is not None else None
     encoding = settings.encoding or (opts.encoding if opts else None)
     delimiter = settings.delimiter or (opts.delimiter if opts else None)
@@ -393,9 +392,31 @@ def convert(
         chunk_bytes=chunk_bytes,
     )
     engine.run()
+    skipped = engine.products.skipped if engine.products is not None else 0
+    if report.rows_converted + report.rows_rejected + skipped == 0:
+        _no_rows(work, report)
     report.duration_seconds = time.monotonic() - started
     report.outputs = {"ndjson": str(work.ndjson)}
     return Converted(report=report, work=work)
+
+
+def _no_rows(work: WorkDir, report: Report) -> None:
+    """A file that gave no rows is an empty export only when nothing but blank lines
+    follows its header; otherwise its rows were lost on the way: never a success."""
+    with work.open_source(report.file) as csvf:
+        if csvf.header_lines > 1:
+            raise InputError(
+                f"the header row runs over {csvf.header_lines} lines and no rows could be "
+                'read: a quote character in a column name? (double it, as "", or remove it)',
+                file=report.file,
+            )
+        blank = b" \t\r\n" + csvf.dialect.delimiter.encode(csvf.dialect.encoding)
+        if any(data.strip(blank) for data, _ in csvf.chunks()):
+            raise InputError(
+                "the file has bytes after its header but no rows could be read from them",
+                file=report.file,
+            )
+    report.problems.add(_note("EMPTY_EXPORT", "the file has a header and no rows: an empty export"))
 
 
 def __getattr__(name: str) -> Any:

@@ -14,6 +14,7 @@ from csvbridge.config import ConvertSettings
 from csvbridge.convert.engine import convert
 from csvbridge.convert.rejects import write_rejects
 from csvbridge.errors import ConfigError
+from csvbridge.files import move_into_place, replaceable, write_bytes
 from csvbridge.report import Report
 
 
@@ -34,12 +35,13 @@ def convert_file(
 
     `source` and `output` are paths or binary streams (the command line passes stdin
     and stdout).  An output path is written under a temporary name and renamed into
-    place, so a reader never sees half of it.
+    place, so a reader never sees half of it; a device (``/dev/null``), a FIFO or a
+    symlink is written through, never replaced.  Likewise the report and the rejects.
     """
     to_stream = not isinstance(output, (str, Path))
-    # work beside the output when there is one: the result is then moved, not copied
+    # work beside a regular (or new) output: the result is then renamed, not copied
     near = None
-    if not to_stream:
+    if not to_stream and replaceable(output):  # type: ignore[arg-type]
         parent = Path(output).parent  # type: ignore[arg-type]
         if parent.is_dir() and os.access(parent, os.W_OK):
             near = parent
@@ -73,13 +75,8 @@ def convert_file(
             report.outputs = {to: "<stream>"}  # not the temporary file, gone on return
         else:
             dest = Path(output)  # type: ignore[arg-type]
-            part = dest.with_name(dest.name + ".part")
             with _writing("output", dest):
-                if near is not None:
-                    produced.replace(dest)  # same file system: an atomic rename
-                else:
-                    shutil.copyfile(produced, part)
-                    part.replace(dest)
+                move_into_place(produced, dest)
             report.outputs = {to: str(dest)}
         if rejects_path is not None and report.objects_rejected:
             with _writing("rejects", rejects_path):
@@ -88,7 +85,7 @@ def convert_file(
             report.outputs["rejected_rows"] = str(n)
     if report_path is not None:
         with _writing("report", report_path):
-            Path(report_path).write_bytes(report.to_json())
+            write_bytes(report_path, report.to_json())
     return report
 
 

@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from csvbridge.files import write_into_place
 from csvbridge.read.csvfile import CsvFile, parse_chunk
 
 if TYPE_CHECKING:
@@ -36,19 +37,19 @@ def write_rejects(converted: Converted, source: Path, dest: Path) -> int:
     else:
         csvf = CsvFile(source, encoding=used.get("encoding"), delimiter=used.get("delimiter"))
     written = 0
-    with csvf:
-        d = csvf.dialect
-        tmp = dest.with_name(dest.name + ".part")
-        with open(tmp, "w", encoding=d.encoding, errors="replace", newline="") as out:
-            w = csv.writer(out, delimiter=d.delimiter, lineterminator="\r\n")
-            w.writerow([*csvf.header, ERROR_COLUMN])
-            for data, first in csvf.chunks():
-                for row in parse_chunk(data, first, d).rows:
-                    reason = reasons.get(row.line)
-                    if reason is not None:
-                        w.writerow([*row.cells, f"line {row.line}: {reason}"])
-                        written += 1
-        tmp.replace(dest)
+    d = csvf.dialect
+    with (
+        csvf,
+        write_into_place(dest, "w", encoding=d.encoding, errors="replace", newline="") as out,
+    ):
+        w = csv.writer(out, delimiter=d.delimiter, lineterminator="\r\n")
+        w.writerow([*csvf.header, ERROR_COLUMN])
+        for data, first in csvf.chunks():
+            for row in parse_chunk(data, first, d).rows:
+                reason = reasons.get(row.line)
+                if reason is not None:
+                    w.writerow([*row.cells, f"line {row.line}: {reason}"])
+                    written += 1
     return written
 
 
