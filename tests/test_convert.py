@@ -17,6 +17,7 @@ import csvbridge.read.csvfile
 from csvbridge.config import ConvertSettings
 from csvbridge.convert.engine import convert, read_records
 from csvbridge.convert.output import convert_file
+from csvbridge.convert.rejects import write_rejects
 from csvbridge.errors import InputError
 from csvbridge.schema.models import Conversion
 
@@ -522,3 +523,66 @@ def test_a_header_and_blank_lines_is_an_empty_export(tmp_path):
         out, report, _ = run(tmp_path, text.encode(), name=f"e{n}.csv")
         assert out == b"" and report.rows_converted == report.rows_rejected == 0
         assert [w["code"] for w in report.problems.warnings] == ["EMPTY_EXPORT"], text
+
+
+# --------------------------------------------------------------------------- bounded memory
+
+
+def _one_id_file(n: int, *, mixed: bool) -> list[list[str]]:
+    """`n` rows of conversion "big" (one id repeated), between two ordinary ones; with
+    `mixed`, other conversions' rows are interleaved (the file is not grouped)."""
+    rows = [row("first", 0)]
+    for k in range(n):
+        rows.append(row("big", k, comment="x" if k % 7 else ""))  # quoted runs, plain runs
+        if mixed and k % 50 == 0:
+            rows.append(row(f"o{k}", 0))
+            rows.append(row("first", k + 1))
+    rows.append(row("last", 0))
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("mixed", "chunk_bytes", "workers"),
+    [(False, 4096, 1), (False, 4096, 2), (False, 1 << 24, 1), (True, 4096, 1), (True, 4096, 2)],
+    ids=["grouped-carry", "grouped-workers", "inside-one-chunk", "regroup", "regroup-workers"],
+)
+def test_a_conversion_past_150_items_is_counted_not_collected(
+    tmp_path, mixed, chunk_bytes, workers
+):
+    n = 3000
+    rows = _one_id_file(n, mixed=mixed)
+    data = to_csv(rows)
+    nd, report, done = run(tmp_path, data, chunk_bytes=chunk_bytes, workers=workers)
+    ids = [c["id"] for c in conversions_of(nd)]
+    assert "big" not in ids and ids[0] == "first" and ids[-1] == "last"
+    assert report.objects_rejected == 1 and report.rows_rejected == n
+    assert report.rows_read == report.rows_converted + report.rows_rejected == len(rows)
+    (err,) = report.problems.errors
+    assert err["code"] == "TOO_MANY_ITEMS" and f"{n} rows" in err["detail"]
+    assert err["meta"]["ids"] == ["big"]
+    # the rejects file holds every row of it, once, with the reason
+    rejects = tmp_path / "r.csv"
+    assert write_rejects(done, done.work.source, rejects) == n
+    with open(rejects, newline="", encoding="utf-8") as f:
+        back = list(csv.reader(f))
+    assert [r[:-1] for r in back[1:]] == [r for r in rows if r[0] == "big"]
+    assert all("TOO_MANY_ITEMS" in r[-1] for r in back[1:])
+
+
+def test_one_id_on_every_row_keeps_memory_flat(tmp_path):
+    """The rows of an endless conversion are not kept: peak memory (traced, this
+    process does the work) stays far below the size of its rows in memory."""
+    import tracemalloc
+
+    src = tmp_path / "big.csv"
+    src.write_bytes(to_csv([row("big", k) for k in range(60_000)]))  # ~6 MB
+    tracemalloc.start()
+    try:
+        done = convert(
+            src, tmp_path / "w", settings=ConvertSettings(workers=1), chunk_bytes=1 << 16
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert done.report.rows_rejected == 60_000
+    assert peak < 8 << 20, f"peak {peak / 2**20:.0f} MiB"

@@ -1,10 +1,109 @@
-"""Runs -> built objects: one run, or a conversion gathered from several runs."""
+"""Runs -> built objects: one run, a conversion gathered from several runs, and a
+conversion too large to build (`Overflow`).
+
+A conversion cannot have more than `MAX_ITEMS` items, so once one has more rows than
+that its rows are no longer kept, only counted (with their lines, as ranges): one id
+repeated on every row of a huge file then costs a few numbers, not the file in memory.
+Such a conversion is rejected whole with ``TOO_MANY_ITEMS`` giving its row count.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from csvbridge.convert.fold import Built, Plan
-from csvbridge.convert.lane import Run, Shared
+from csvbridge.convert.lane import Line, Run, Shared
+from csvbridge.read.csvfile import Row
 from csvbridge.report import Problem
+from csvbridge.schema.models import MAX_ITEMS
+
+ITEMS = "conversion_items"
+
+
+@dataclass(slots=True)
+class Overflow:
+    """A conversion past `MAX_ITEMS` rows: counted, its lines kept as ranges."""
+
+    id: str
+    rows: int = 0
+    first: list[int] = field(default_factory=list)  # lines of its first rows (the report)
+    spans: list[list[int]] = field(default_factory=list)  # [first, last] line ranges
+
+    @classmethod
+    def of(cls, part: Run | Shared) -> Overflow:
+        over = cls(part.id)  # type: ignore[arg-type]
+        over.absorb(part)
+        return over
+
+    def add_line(self, line: int) -> None:
+        self.rows += 1
+        if len(self.first) <= MAX_ITEMS:
+            self.first.append(line)
+        spans = self.spans
+        if spans:
+            last = spans[-1]
+            if line == last[1] + 1:
+                last[1] = line
+                return
+            if last[0] <= line <= last[1]:
+                return  # records split by a bare CR share a line number
+        spans.append([line, line])
+
+    def absorb(self, part: Run | Shared | Overflow | Line | Row) -> None:
+        """Count the rows of another piece of the same conversion (file order)."""
+        if isinstance(part, Overflow):
+            self.rows += part.rows
+            self.first.extend(part.first[: MAX_ITEMS + 1 - len(self.first)])
+            for a, b in part.spans:
+                last = self.spans[-1] if self.spans else None
+                if last is not None and a <= last[1] + 1:
+                    last[1] = max(last[1], b)
+                else:
+                    self.spans.append([a, b])
+            return
+        if isinstance(part, Run):
+            for r in part.rows:
+                self.add_line(r.line)
+        elif isinstance(part, Shared):
+            for n, _ in part.items:
+                self.add_line(n)
+        elif part.__class__ is tuple:
+            self.add_line(part[0])  # type: ignore[index]
+        else:
+            self.add_line(part.line)  # type: ignore[union-attr]
+
+    def lines_text(self) -> str:
+        """The lines as the rejected-rows file holds them: ``a-b`` ranges, comma-joined."""
+        return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in self.spans)
+
+    def problem(self) -> Problem:
+        return Problem(
+            "TOO_MANY_ITEMS",
+            f"{self.rows} rows (conversion items) for one conversion; the API accepts at "
+            f"most {MAX_ITEMS} per conversion (rows past {MAX_ITEMS + 1} were counted, "
+            "not read)",
+            ITEMS,
+            tuple(self.first),
+            self.id,
+        )
+
+
+def size_of(part: Run | Shared | Overflow | Line | Row) -> int:
+    """How many rows a piece of a conversion holds."""
+    if isinstance(part, Run):
+        return len(part.rows)
+    if isinstance(part, Shared):
+        return len(part.items)
+    if isinstance(part, Overflow):
+        return part.rows
+    return 1
+
+
+def bounded(run: Run | Shared) -> Run | Shared | Overflow:
+    """`run`, or its count when it already holds more rows than a conversion may."""
+    if run.id is not None and size_of(run) > MAX_ITEMS:
+        return Overflow.of(run)
+    return run
 
 
 def build_run(run: Run, plan: Plan) -> Built:
@@ -53,4 +152,4 @@ def build_group(group: list[Run | Shared], plan: Plan, delimiter: str) -> Built:
     return build_run(first, plan)
 
 
-__all__ = ["build_group", "build_run"]
+__all__ = ["Overflow", "bounded", "build_group", "build_run", "size_of"]

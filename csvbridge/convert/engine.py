@@ -4,7 +4,8 @@ Work is split into record-aligned chunks (`reader.CsvFile.chunks`) that worker p
 (`worker`) parse, fold and validate in parallel; the main process stitches the
 conversion that straddles two chunks, writes the output in file order (through
 `workdir.Writer`), and keeps the report.  Memory stays flat: a few chunks are in flight
-at any time, whatever the file size.
+at any time, whatever the file size, and a conversion with more rows than a conversion
+may have items is counted rather than kept (`build.Overflow`).
 
 Grouped files (the documented rule: rows of a conversion are consecutive) stream
 straight through.  While streaming, every conversion id is checked against the ids
@@ -34,7 +35,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from csvbridge.config import ConvertSettings
 from csvbridge.convert import regroup
-from csvbridge.convert.build import build_run
+from csvbridge.convert.build import Overflow, bounded, build_run
 from csvbridge.convert.fold import Built, Plan
 from csvbridge.convert.regroup import Boundary
 from csvbridge.convert.rejects import write_rejects
@@ -57,6 +58,7 @@ from csvbridge.read.csvfile import CHUNK_BYTES, CsvFile, Row
 from csvbridge.read.mapping import Mapping, load_mapping
 from csvbridge.report import Problem, ProblemLog, Report
 from csvbridge.schema.codecs import CodecOptions
+from csvbridge.schema.models import MAX_ITEMS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,10 +88,15 @@ def _context() -> Any:
 
 
 def _stitch(carry: Edge, head: Edge) -> Edge:
-    """The conversion that straddles a chunk boundary, its two halves joined."""
+    """The conversion that straddles a chunk boundary, its two halves joined (only
+    counted once it is longer than a conversion may be)."""
+    if isinstance(carry, Overflow) or isinstance(head, Overflow):
+        over = carry if isinstance(carry, Overflow) else Overflow.of(carry)
+        over.absorb(head)
+        return over
     carry.rows.extend(head.rows)
     carry.pre.extend(head.pre)
-    return carry
+    return Overflow.of(carry) if len(carry.rows) > MAX_ITEMS else carry
 
 
 class Engine:
@@ -216,8 +223,8 @@ class Engine:
         for fut in window:
             yield fut.result()
 
-    def _build(self, edge: Edge) -> Built:
-        return build_run(edge, self.plan)
+    def _build(self, edge: Edge) -> Built | Overflow:
+        return edge if isinstance(edge, Overflow) else build_run(edge, self.plan)
 
     # -------------------------------------------------------------- grouped path
 
@@ -304,7 +311,8 @@ class Engine:
             yield self._parked(rows, blank, buckets)
 
     def _parked(self, rows: list[Row], blank: int, buckets: int) -> ChunkResult:
-        parts = regroup.split(cut(rows, state()), buckets, self.plan.kind, None)
+        runs = map(bounded, cut(rows, state()))
+        parts = regroup.split(runs, buckets, self.plan.kind, None)
         return ChunkResult(
             out=Output(), rows=len(rows), blank=blank, boundary_ok=True, buckets=parts
         )

@@ -5,7 +5,8 @@ its id (`split`, `park`), so every conversion lies whole in one bucket, in file 
 Pass 2 builds the buckets in parallel (`build_bucket`; N grows with the file, so one
 bucket fits in memory) and writes each one's conversions in order of their first line;
 merging the buckets on that line (`merge`) gives the grouped file's output, byte for
-byte, with problems and rejects in the same order.
+byte, with problems and rejects in the same order.  A conversion that grows past
+`MAX_ITEMS` rows while its bucket is gathered is only counted (`Overflow`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from csvbridge.convert.build import build_group
+from csvbridge.convert.build import Overflow, build_group, size_of
 from csvbridge.convert.fold import Built, Plan
 from csvbridge.convert.lane import Layout, Line, Run, Shared, cut_lane, record_id
 from csvbridge.convert.workdir import Buckets, IndexEntry, Writer, index_text
 from csvbridge.files import open_private
 from csvbridge.read.csvfile import Row
 from csvbridge.report import Report
+from csvbridge.schema.models import MAX_ITEMS
 
 if TYPE_CHECKING:
     from csvbridge.convert.worker import ChunkResult
@@ -33,7 +35,7 @@ BUCKET_BYTES = 8 << 20  # source bytes per bucket of an ungrouped file: memory p
 MAX_BUCKETS = 512
 RESULT_BATCH_BYTES = 64 << 10  # per bucket, in memory during the final merge
 
-Parked = Run | Shared | Line | Row  # what pass 1 parks in a bucket
+Parked = Run | Shared | Overflow | Line | Row  # what pass 1 parks in a bucket
 
 
 class Alone(NamedTuple):
@@ -52,7 +54,7 @@ class BucketEntry(NamedTuple):
     ndjson: bytes | None
     index: str | None
     rows: int
-    built: Built | None = None
+    built: Built | Overflow | None = None
 
 
 class Boundary(Exception):
@@ -69,6 +71,8 @@ def first_line(item: Parked) -> int:
         return line
     if isinstance(item, Run):
         return item.rows[0].line
+    if isinstance(item, Overflow):
+        return item.first[0]
     if item.__class__ is tuple:
         line, _ = item  # type: ignore[misc]
         return line
@@ -77,7 +81,7 @@ def first_line(item: Parked) -> int:
 
 def key_of(item: Parked, layout: Layout | None, kind: str) -> str | Alone:
     """The id a parked item groups on; `Alone` when it stands alone."""
-    is_run = isinstance(item, (Run, Shared))
+    is_run = isinstance(item, (Run, Shared, Overflow))
     cid = item.id if is_run else record_id(item, layout) or None  # type: ignore[union-attr,arg-type]
     if cid is None or kind == "products":
         return Alone(first_line(item))
@@ -139,9 +143,11 @@ def _runs_of(group: list[Parked], layout: Layout | None) -> list[Run | Shared]:
     return runs
 
 
-def _gather(source: str, layout: Layout | None, kind: str) -> dict[object, list[Parked]]:
-    """A bucket's items by conversion, in order of first appearance."""
-    groups: dict[object, list[Parked]] = {}
+def _gather(source: str, layout: Layout | None, kind: str) -> dict[object, list[Parked] | Overflow]:
+    """A bucket's items by conversion, in order of first appearance; a conversion past
+    `MAX_ITEMS` rows becomes its count."""
+    groups: dict[object, list[Parked] | Overflow] = {}
+    sizes: dict[object, int] = {}
     with open(source, "rb") as f:
         while True:
             try:
@@ -152,9 +158,19 @@ def _gather(source: str, layout: Layout | None, kind: str) -> dict[object, list[
                 key = key_of(item, layout, kind)
                 group = groups.get(key)
                 if group is None:
-                    groups[key] = [item]
-                else:
-                    group.append(item)
+                    groups[key] = item if isinstance(item, Overflow) else [item]
+                    sizes[key] = size_of(item)
+                    continue
+                if group.__class__ is Overflow:
+                    group.absorb(item)  # type: ignore[union-attr]
+                    continue
+                group.append(item)  # type: ignore[union-attr]
+                n = sizes[key] = sizes[key] + size_of(item)
+                if n > MAX_ITEMS and key.__class__ is str:
+                    over = Overflow(key)  # type: ignore[arg-type]
+                    for part in group:  # type: ignore[union-attr]
+                        over.absorb(part)
+                    groups[key] = over
     return groups
 
 
@@ -171,6 +187,14 @@ def build_bucket(source: str, dest: str, plan: Plan, layout: Layout | None, deli
         entries: list[BucketEntry] = []
         size = 0
         for group in groups.values():
+            if isinstance(group, Overflow):
+                entries.append(
+                    BucketEntry(
+                        first_line=group.first[0], ndjson=None, index=None, rows=0, built=group
+                    )
+                )
+                size += 256
+                continue
             b = build_group(_runs_of(group, layout), plan, delimiter)
             rec = b.record
             if rec is not None and plain and not b.problems:

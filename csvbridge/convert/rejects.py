@@ -23,13 +23,8 @@ def write_rejects(converted: Converted, source: Path, dest: Path) -> int:
     by the conversion is read from its spool).  Returns the number of rows written.
     """
     work = converted.work
-    reasons: dict[int, str] = {}
-    with open(work.rejected, encoding="utf-8") as f:
-        for entry in f:
-            lines, _, reason = entry.rstrip("\n").partition("\t")
-            for n in lines.split(","):
-                reasons[int(n)] = reason
-    if not reasons:
+    spans = work.rejected_spans()
+    if not spans:
         return 0
     used = converted.report.dialect  # read it the way it was converted (forced options)
     if work.source is not None:
@@ -37,6 +32,7 @@ def write_rejects(converted: Converted, source: Path, dest: Path) -> int:
     else:
         csvf = CsvFile(source, encoding=used.get("encoding"), delimiter=used.get("delimiter"))
     written = 0
+    at = 0  # the spans before `at` end before the current row
     d = csvf.dialect
     with (
         csvf,
@@ -46,9 +42,14 @@ def write_rejects(converted: Converted, source: Path, dest: Path) -> int:
         w.writerow([*csvf.header, ERROR_COLUMN])
         for data, first in csvf.chunks():
             for row in parse_chunk(data, first, d).rows:
-                reason = reasons.get(row.line)
-                if reason is not None:
-                    w.writerow([*row.cells, f"line {row.line}: {reason}"])
+                n = row.line
+                while at < len(spans) and spans[at].last < n:
+                    at += 1
+                if at == len(spans):
+                    return written  # every rejected row written
+                span = spans[at]
+                if span.first <= n:
+                    w.writerow([*row.cells, f"line {n}: {span.reason}"])
                     written += 1
     return written
 

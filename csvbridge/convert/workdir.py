@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+from csvbridge.convert.build import Overflow
 from csvbridge.convert.fold import Built, Record
 from csvbridge.files import open_private
 from csvbridge.read.csvfile import CsvFile, Dialect
@@ -87,6 +88,11 @@ class Output:
         self.rows_ok += built.rows
         self.ndjson.append(rec.json)
         self.index.append(IndexEntry(rec.id, rec.lines))
+
+    def add_overflow(self, over: Overflow) -> None:
+        problem = over.problem()
+        self.problems.append(problem)
+        self.reject(over.lines_text(), over.rows, f"{problem.code}: {problem.detail}")
 
     def reject(self, lines: str, rows: int, reason: str) -> None:
         self.bad += 1
@@ -161,9 +167,12 @@ class Writer:
             self.report.objects_valid += len(nd)
             self.report.rows_converted += rows
 
-    def add_built(self, built: Built) -> None:
+    def add_built(self, built: Built | Overflow) -> None:
         out = Output()
-        out.add(built)
+        if isinstance(built, Overflow):
+            out.add_overflow(built)
+        else:
+            out.add(built)
         self.write(out)
 
     def close(self) -> None:
@@ -215,6 +224,12 @@ class Buckets:
 
     runs: list[Path]
     built: list[Path]
+
+
+class LineSpan(NamedTuple):
+    first: int
+    last: int
+    reason: str
 
 
 class WorkDir:
@@ -277,6 +292,22 @@ class WorkDir:
 
     def records(self) -> Iterator[Record]:
         return read_records(self.ndjson, self.index)
+
+    def rejected_spans(self) -> list[LineSpan]:
+        """The rejected lines as sorted spans, each with its reason (memory follows the
+        number of rejects, and one huge conversion is one span)."""
+        spans: list[LineSpan] = []
+        if not self.rejected.exists():
+            return spans
+        with open(self.rejected, encoding="utf-8") as f:
+            for entry in f:
+                lines, _, reason = entry.rstrip("\n").partition("\t")
+                for part in lines.split(","):
+                    if part:
+                        a, _, b = part.partition("-")
+                        spans.append(LineSpan(int(a), int(b or a), reason))
+        spans.sort()
+        return spans
 
 
 @dataclass

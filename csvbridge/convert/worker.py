@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from csvbridge.convert import regroup
-from csvbridge.convert.build import build_run
+from csvbridge.convert.build import Overflow, bounded, build_run
 from csvbridge.convert.fold import Plan, normalize_header
 from csvbridge.convert.lane import Layout, Records, Run, Shared, cut_lane, cut_runs, records
 from csvbridge.convert.workdir import Output
@@ -22,6 +22,7 @@ from csvbridge.read.csvfile import Dialect, Row, parse_chunk
 from csvbridge.read.mapping import Mapping, RowTransform, compile_mapping
 from csvbridge.report import Problem
 from csvbridge.schema.codecs import CodecOptions
+from csvbridge.schema.models import MAX_ITEMS
 
 ITEM_PRODUCT = "conversion_items.product."
 FAST_LANE = True  # tests turn it off to check both lanes give the same bytes
@@ -126,7 +127,7 @@ class BucketTask:
     built: str
 
 
-Edge = Run  # a chunk's first or last conversion, handed back unbuilt
+Edge = Run | Overflow  # a chunk's first or last conversion, handed back unbuilt
 
 
 @dataclass(slots=True)
@@ -206,7 +207,7 @@ def chunk_task(task: ChunkTask) -> ChunkResult:
             seen.add(run.id)
             run_ids.append(run.id)
     if task.buckets:
-        parts = regroup.split(runs, task.buckets, plan.kind, layout)
+        parts = regroup.split(map(bounded, runs), task.buckets, plan.kind, layout)
         return ChunkResult(
             out=Output(),
             rows=nrows,
@@ -226,7 +227,12 @@ def chunk_task(task: ChunkTask) -> ChunkResult:
     out = Output()
     for run in inner:
         if isinstance(run, Shared):
-            out.add(plan.build_shared(run.head, run.id, run.items, d))
+            if len(run.items) > MAX_ITEMS:  # counted, not built: see build.Overflow
+                out.add_overflow(Overflow.of(run))
+            else:
+                out.add(plan.build_shared(run.head, run.id, run.items, d))
+        elif run.id is not None and len(run.rows) > MAX_ITEMS:
+            out.add_overflow(Overflow.of(run))
         else:
             out.add(build_run(run, plan))
     if not spec.products_from_conversions:
@@ -245,7 +251,8 @@ def chunk_task(task: ChunkTask) -> ChunkResult:
 
 def _edge(run: Run | Shared, delimiter: str) -> Edge:
     """A chunk's first or last run, as the main process stitches it."""
-    return run.as_run(delimiter) if isinstance(run, Shared) else run
+    part = bounded(run)  # a long one travels back to the main process as its count
+    return part.as_run(delimiter) if isinstance(part, Shared) else part
 
 
 def bucket_task(task: BucketTask) -> None:
