@@ -38,7 +38,7 @@ from csvbridge.convert import regroup
 from csvbridge.convert.build import Overflow, bounded, build_run
 from csvbridge.convert.fold import Built, Plan
 from csvbridge.convert.regroup import Boundary
-from csvbridge.convert.rejects import write_rejects
+from csvbridge.convert.rejects import ERROR_COLUMN, restore, write_rejects
 from csvbridge.convert.workdir import Converted, Output, ProductIds, WorkDir, Writer, read_records
 from csvbridge.convert.worker import (
     BucketTask,
@@ -356,6 +356,8 @@ def convert(
     with CsvFile(path, name=label, encoding=encoding, delimiter=delimiter) as csvf:
         dialect, header = csvf.dialect, csvf.header
     work.use_source(path, dialect)
+    if ERROR_COLUMN in header:  # a fixed rejects file: its header's cells restored too
+        header = [restore(h) for h in header]
     decimal_comma = settings.decimal_comma
     if decimal_comma is None and opts is not None:
         decimal_comma = opts.decimal_comma

@@ -1,19 +1,50 @@
 """The rejects file: the rejected rows in the source's own dialect and header, plus an
-error column, ready to be fixed and dropped again."""
+error column, ready to be fixed in a spreadsheet and dropped again.
+
+A spreadsheet runs a cell starting with ``=``, ``+``, ``-``, ``@``, tab or CR as a
+formula (CSV injection), so such cells are written with a leading ``'`` (OWASP's advice).
+To keep that reversible, a cell that already starts with quotes before one of those
+characters gets one more.  A file whose header has the ``csvbridge_error`` column is a
+rejects file dropped again: that column is ignored, and one leading ``'`` is removed
+from every cell of the form ``'...'X`` (X one of the characters above), which gives
+back exactly the values of the original export.
+"""
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from csvbridge.files import write_into_place
-from csvbridge.read.csvfile import CsvFile, parse_chunk
+from csvbridge.read.csvfile import CsvFile, Row, parse_chunk
 
 if TYPE_CHECKING:
     from csvbridge.convert.workdir import Converted
 
 ERROR_COLUMN = "csvbridge_error"
+_NEEDS_QUOTE = re.compile("'*[=+\\-@\t\r]")
+_QUOTED = re.compile("'+[=+\\-@\t\r]")
+
+
+def neutralise(cell: str) -> str:
+    """A cell a spreadsheet will show as text, never run as a formula."""
+    return "'" + cell if _NEEDS_QUOTE.match(cell) else cell
+
+
+def restore(cell: str) -> str:
+    """The inverse of `neutralise`."""
+    return cell[1:] if _QUOTED.match(cell) else cell
+
+
+def restore_rows(rows: list[Row]) -> None:
+    """Restore the cells of a fixed rejects file's rows, in place."""
+    for row in rows:
+        cells = row.cells
+        for i, c in enumerate(cells):
+            if c[:1] == "'" and _QUOTED.match(c):
+                cells[i] = c[1:]
 
 
 def write_rejects(converted: Converted, source: Path, dest: Path) -> int:
@@ -39,7 +70,12 @@ def write_rejects(converted: Converted, source: Path, dest: Path) -> int:
         write_into_place(dest, "w", encoding=d.encoding, errors="replace", newline="") as out,
     ):
         w = csv.writer(out, delimiter=d.delimiter, lineterminator="\r\n")
-        w.writerow([*csvf.header, ERROR_COLUMN])
+        header = list(csvf.header)
+        # a fixed rejects file rejected again: its cells restored, one error column
+        drop = header.index(ERROR_COLUMN) if ERROR_COLUMN in header else -1
+        if drop >= 0:
+            header = [restore(h) for i, h in enumerate(header) if i != drop]
+        w.writerow([*map(neutralise, header), ERROR_COLUMN])
         for data, first in csvf.chunks():
             for row in parse_chunk(data, first, d).rows:
                 n = row.line
@@ -49,9 +85,12 @@ def write_rejects(converted: Converted, source: Path, dest: Path) -> int:
                     return written  # every rejected row written
                 span = spans[at]
                 if span.first <= n:
-                    w.writerow([*row.cells, f"line {n}: {span.reason}"])
+                    cells = row.cells
+                    if drop >= 0:
+                        cells = [restore(c) for i, c in enumerate(cells) if i != drop]
+                    w.writerow([*map(neutralise, cells), f"line {n}: {span.reason}"])
                     written += 1
     return written
 
 
-__all__ = ["ERROR_COLUMN", "write_rejects"]
+__all__ = ["ERROR_COLUMN", "neutralise", "restore", "restore_rows", "write_rejects"]

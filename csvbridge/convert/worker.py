@@ -16,6 +16,7 @@ from csvbridge.convert import regroup
 from csvbridge.convert.build import Overflow, bounded, build_run
 from csvbridge.convert.fold import Plan, normalize_header
 from csvbridge.convert.lane import Layout, Records, Run, Shared, cut_lane, cut_runs, records
+from csvbridge.convert.rejects import ERROR_COLUMN, restore_rows
 from csvbridge.convert.workdir import Output
 from csvbridge.errors import InputError
 from csvbridge.read.csvfile import Dialect, Row, parse_chunk
@@ -40,6 +41,11 @@ class Spec:
     mapping: Mapping | None = None
     products_from_conversions: bool = False
 
+    @property
+    def fixed_rejects(self) -> bool:
+        """A rejects file dropped again: its error column is ignored, its cells restored."""
+        return ERROR_COLUMN in self.header
+
     def compile(self) -> tuple[Plan, RowTransform | None]:
         transform = None
         if self.mapping is not None:
@@ -47,6 +53,8 @@ class Spec:
             paths, sources = list(transform.paths), transform.sources
         else:
             paths, sources = [normalize_header(h) for h in self.header], list(self.header)
+            if self.fixed_rejects:  # not a column of the export: not even "ignored"
+                paths[self.header.index(ERROR_COLUMN)] = ""
         if self.products_from_conversions:
             paths = [p[len(ITEM_PRODUCT) :] if p.startswith(ITEM_PRODUCT) else "" for p in paths]
         plan = Plan(paths, sources, kind=self.kind, options=self.options, conflict=self.conflict)
@@ -76,6 +84,7 @@ def init_worker(spec: Spec) -> WorkerState:
         and transform is None
         and plan.kind == "conversions"
         and not spec.products_from_conversions
+        and not spec.fixed_rejects  # its cells are restored row by row
     ):
         layout = Layout.of(plan.paths, plan.id_col, spec.dialect.delimiter, spec.dialect.quotechar)
     _STATE = WorkerState(spec=spec, plan=plan, transform=transform, layout=layout)
@@ -144,7 +153,9 @@ class ChunkResult:
 
 
 def cut(rows: list[Row], st: WorkerState) -> list[Run]:
-    """Parsed rows -> runs."""
+    """Parsed rows -> runs (a fixed rejects file's cells restored first)."""
+    if st.spec.fixed_rejects:
+        restore_rows(rows)
     plan = st.plan
     return cut_runs(rows, plan.id_col, st.transform, len(st.spec.header), plan.kind == "products")
 
