@@ -376,3 +376,15 @@ def test_outputs_are_private_whatever_the_umask(tmp_path):
     )
     assert done.returncode == 1, done.stderr
     assert [stat.S_IMODE(p.stat().st_mode) for p in outs] == [0o600] * 3
+
+
+def test_kind_products_with_a_repeated_id_does_not_pass(tmp_path):
+    src = tmp_path / "products.csv"
+    src.write_text("id,name\nP1,Mug\nP2,Lamp\nP1,Mug again\n", encoding="utf-8")
+    out, rejects = tmp_path / "p.ndjson", tmp_path / "p.rejects.csv"
+    done = cli(src, "--kind", "products", "-o", out, "--rejects", rejects)
+    assert done.returncode == 1
+    assert "DUPLICATE_PRODUCT_ID" in done.stderr.decode()
+    assert [o["id"] for o in objects(out.read_bytes())] == ["P1", "P2"]
+    text = rejects.read_text(encoding="utf-8")
+    assert "P1,Mug again,line 4: DUPLICATE_PRODUCT_ID: product id already given on line 2" in text

@@ -657,3 +657,38 @@ def test_neutralise_and_restore_are_inverse():
     for c in cells:
         assert restore(neutralise(c)) == c, c
         assert neutralise(c)[:1] not in ("=", "+", "-", "@", "\t", "\r"), c
+
+
+# --------------------------------------------------------------------------- products
+
+
+@pytest.mark.parametrize(("workers", "chunk_bytes"), [(1, 1 << 21), (2, 256)])
+def test_a_products_file_that_repeats_an_id_rejects_the_later_ones(tmp_path, workers, chunk_bytes):
+    """Later repeats are rejected naming the first one's line, across chunks too."""
+    ids = ["P1", "P2", "P1", "P3", "P2"] + [f"Q{n}" for n in range(100)] + ["P1"]
+    data = "id,name,price\n" + "".join(f"{p},Name {n},{n}.5\n" for n, p in enumerate(ids))
+    nd, report, done = run(
+        tmp_path, data.encode(), kind="products", workers=workers, chunk_bytes=chunk_bytes
+    )
+    got = [(p["id"], p["name"]) for p in conversions_of(nd)]
+    assert got[:3] == [("P1", "Name 0"), ("P2", "Name 1"), ("P3", "Name 3")]
+    assert len(got) == 103 and len({i for i, _ in got}) == 103
+    assert report.objects_rejected == report.rows_rejected == 3 and report.rows_skipped == 0
+    (err,) = report.problems.errors
+    assert err["code"] == "DUPLICATE_PRODUCT_ID" and err["meta"]["line_numbers"] == [4, 6, 107]
+    assert err["meta"]["ids"] == ["P1", "P2"] and err["meta"]["error_count"] == 3
+    details = [p.detail for p in report.problems.raw if p.code == "DUPLICATE_PRODUCT_ID"]
+    assert [d.split(";")[0] for d in details] == [
+        f"product id already given on line {n}" for n in (2, 3, 2)
+    ]
+    rejects = tmp_path / "p.rejects.csv"
+    assert write_rejects(done, done.work.source, rejects) == 3
+
+
+def test_products_taken_from_conversions_skip_repeats_with_a_reason(tmp_path):
+    rows = [row(f"c{n}", k) for n in range(4) for k in range(3)]  # p0, p1, p2 four times
+    nd, report, _ = run(tmp_path, to_csv(rows), products_from_conversions=True)
+    assert [p["id"] for p in conversions_of(nd)] == ["p0", "p1", "p2"]
+    assert report.rows_converted == 3 and report.rows_skipped == 9 and not report.problems.errors
+    (note,) = report.problems.warnings
+    assert note["code"] == "REPEATED_PRODUCT_SKIPPED" and note["detail"].startswith("9 rows")

@@ -152,8 +152,8 @@ class Engine:
         one sequential stream if a stray quote defeats chunking."""
         mode = "grouped"
         while True:
-            if self.spec.products_from_conversions:
-                self.products = ProductIds()
+            if self.plan.kind == "products":
+                self.products = ProductIds(reject=not self.spec.products_from_conversions)
             writer = self.work.writer(self._reset(notes), self.products)
             try:
                 if mode == "grouped":
@@ -403,6 +403,14 @@ def convert(
     )
     engine.run()
     skipped = engine.products.skipped if engine.products is not None else 0
+    if skipped:
+        report.problems.add(
+            _note(
+                "REPEATED_PRODUCT_SKIPPED",
+                f"{skipped} rows repeat a product already taken from an earlier row; "
+                "the first occurrence is kept",
+            )
+        )
     if report.rows_converted + report.rows_rejected + skipped == 0:
         _no_rows(work, report)
     report.duration_seconds = time.monotonic() - started

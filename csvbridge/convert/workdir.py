@@ -102,9 +102,13 @@ class Output:
 
 @dataclass
 class ProductIds:
-    """Product ids already written, with the lines of their first occurrence: products
-    taken from conversions repeat by nature (later ones are skipped)."""
+    """Product ids already written, with the lines of their first occurrence.
 
+    A products export must not repeat an id (`reject`: later ones are rejected, naming
+    the first); products taken from conversions repeat by nature (later ones skipped).
+    """
+
+    reject: bool
     first: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
 
@@ -124,6 +128,17 @@ class ProductIds:
                 kept.index.append(entry)
                 kept.ok += 1
                 kept.rows_ok += len(entry.lines)
+            elif self.reject:
+                p = Problem(
+                    code="DUPLICATE_PRODUCT_ID",
+                    detail=f"product id already given on line {where}; a catalog lists each "
+                    "product once",
+                    property="id",
+                    lines=entry.lines,
+                    id=entry.id,
+                )
+                kept.problems.append(p)
+                kept.reject(lines_text(entry.lines), len(entry.lines), f"{p.code}: {p.detail}")
             else:
                 kept.rows_dup += len(entry.lines)
                 self.skipped += len(entry.lines)

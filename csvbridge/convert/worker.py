@@ -246,8 +246,8 @@ def chunk_task(task: ChunkTask) -> ChunkResult:
             out.add_overflow(Overflow.of(run))
         else:
             out.add(build_run(run, plan))
-    if not spec.products_from_conversions:
-        out.pack()  # products from conversions are deduplicated object by object
+    if plan.kind != "products":
+        out.pack()  # products are checked for repeated ids object by object
     return ChunkResult(
         out=out,
         rows=nrows,
