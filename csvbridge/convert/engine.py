@@ -35,11 +35,11 @@ from typing import Any, BinaryIO, TypeVar
 
 from csvbridge.config import ConvertSettings
 from csvbridge.convert import regroup
-from csvbridge.convert.build import Overflow, bounded, build_run
+from csvbridge.convert.build import Overflow, build_run
 from csvbridge.convert.fold import Built, Plan
 from csvbridge.convert.regroup import Boundary
 from csvbridge.convert.rejects import ERROR_COLUMN, restore, write_rejects
-from csvbridge.convert.workdir import Converted, Output, ProductIds, WorkDir, Writer, read_records
+from csvbridge.convert.workdir import Converted, ProductIds, WorkDir, Writer, read_records
 from csvbridge.convert.worker import (
     BucketTask,
     ChunkResult,
@@ -49,12 +49,11 @@ from csvbridge.convert.worker import (
     Spec,
     bucket_task,
     chunk_task,
-    cut,
     init_worker,
-    state,
+    park_stream,
 )
 from csvbridge.errors import InputError
-from csvbridge.read.csvfile import CHUNK_BYTES, CsvFile, Row
+from csvbridge.read.csvfile import CHUNK_BYTES, CsvFile
 from csvbridge.read.mapping import Mapping, load_mapping
 from csvbridge.report import Problem, ProblemLog, Report
 from csvbridge.schema.codecs import CodecOptions
@@ -295,27 +294,9 @@ class Engine:
                 pass
             regroup.merge(buckets, writer)
 
-    def _sequential(self, buckets: int, rows_per_batch: int = 5000) -> Iterator[ChunkResult]:
-        """Rows read by one csv reader over the whole stream, cut into runs here."""
+    def _sequential(self, buckets: int) -> Iterator[ChunkResult]:
         with self._open() as csvf:
-            rows: list[Row] = []
-            blank = 0
-            for row in csvf.rows():
-                if row is None:
-                    blank += 1
-                    continue
-                rows.append(row)
-                if len(rows) >= rows_per_batch:
-                    yield self._parked(rows, blank, buckets)
-                    rows, blank = [], 0
-            yield self._parked(rows, blank, buckets)
-
-    def _parked(self, rows: list[Row], blank: int, buckets: int) -> ChunkResult:
-        runs = map(bounded, cut(rows, state()))
-        parts = regroup.split(runs, buckets, self.plan.kind, None)
-        return ChunkResult(
-            out=Output(), rows=len(rows), blank=blank, boundary_ok=True, buckets=parts
-        )
+            yield from park_stream(csvf, buckets)
 
 
 # --------------------------------------------------------------------------- the API
@@ -412,29 +393,13 @@ def convert(
             )
         )
     if report.rows_converted + report.rows_rejected + skipped == 0:
-        _no_rows(work, report)
+        lost = work.lost_rows(report.file)
+        if lost:
+            raise InputError(lost, file=report.file)
+        report.problems.add(_note("EMPTY_EXPORT", "the file has a header and no rows"))
     report.duration_seconds = time.monotonic() - started
     report.outputs = {"ndjson": str(work.ndjson)}
     return Converted(report=report, work=work)
-
-
-def _no_rows(work: WorkDir, report: Report) -> None:
-    """A file that gave no rows is an empty export only when nothing but blank lines
-    follows its header; otherwise its rows were lost on the way: never a success."""
-    with work.open_source(report.file) as csvf:
-        if csvf.header_lines > 1:
-            raise InputError(
-                f"the header row runs over {csvf.header_lines} lines and no rows could be "
-                'read: a quote character in a column name? (double it, as "", or remove it)',
-                file=report.file,
-            )
-        blank = b" \t\r\n" + csvf.dialect.delimiter.encode(csvf.dialect.encoding)
-        if any(data.strip(blank) for data, _ in csvf.chunks()):
-            raise InputError(
-                "the file has bytes after its header but no rows could be read from them",
-                file=report.file,
-            )
-    report.problems.add(_note("EMPTY_EXPORT", "the file has a header and no rows: an empty export"))
 
 
 def __getattr__(name: str) -> Any:

@@ -305,6 +305,21 @@ class WorkDir:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
+    def lost_rows(self, name: str | None = None) -> str | None:
+        """For a source that gave no rows: why that is not an empty export, or None
+        when nothing but blank lines follows its header."""
+        with self.open_source(name) as csvf:
+            if csvf.header_lines > 1:
+                return (
+                    f"the header row runs over {csvf.header_lines} lines and no rows could "
+                    'be read: a quote character in a column name? (double it, as "", or '
+                    "remove it)"
+                )
+            blank = b" \t\r\n" + csvf.dialect.delimiter.encode(csvf.dialect.encoding)
+            if any(data.strip(blank) for data, _ in csvf.chunks()):
+                return "the file has bytes after its header but no rows could be read from them"
+        return None
+
     def records(self) -> Iterator[Record]:
         return read_records(self.ndjson, self.index)
 

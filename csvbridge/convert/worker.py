@@ -10,6 +10,7 @@ process runs the same functions itself when it has no pool.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from csvbridge.convert import regroup
@@ -19,7 +20,7 @@ from csvbridge.convert.lane import Layout, Records, Run, Shared, cut_lane, cut_r
 from csvbridge.convert.rejects import ERROR_COLUMN, restore_rows
 from csvbridge.convert.workdir import Output
 from csvbridge.errors import InputError
-from csvbridge.read.csvfile import Dialect, Row, parse_chunk
+from csvbridge.read.csvfile import CsvFile, Dialect, Row, parse_chunk
 from csvbridge.read.mapping import Mapping, RowTransform, compile_mapping
 from csvbridge.report import Problem
 from csvbridge.schema.codecs import CodecOptions
@@ -266,6 +267,28 @@ def _edge(run: Run | Shared, delimiter: str) -> Edge:
     return part.as_run(delimiter) if isinstance(part, Shared) else part
 
 
+def park_stream(csvf: CsvFile, buckets: int, rows_per_batch: int = 5000) -> Iterator[ChunkResult]:
+    """Pass 1 of a regroup for a file read as one stream (stray quotes defeat chunking):
+    rows read by one csv reader in this process, cut into runs and parked in batches."""
+    st = state()
+    rows: list[Row] = []
+    blank = 0
+    for row in csvf.rows():
+        if row is None:
+            blank += 1
+            continue
+        rows.append(row)
+        if len(rows) >= rows_per_batch:
+            yield _parked(rows, blank, buckets, st)
+            rows, blank = [], 0
+    yield _parked(rows, blank, buckets, st)
+
+
+def _parked(rows: list[Row], blank: int, buckets: int, st: WorkerState) -> ChunkResult:
+    parts = regroup.split(map(bounded, cut(rows, st)), buckets, st.plan.kind, None)
+    return ChunkResult(out=Output(), rows=len(rows), blank=blank, boundary_ok=True, buckets=parts)
+
+
 def bucket_task(task: BucketTask) -> None:
     st = state()
     regroup.build_bucket(task.runs, task.built, st.plan, st.layout, st.spec.dialect.delimiter)
@@ -283,5 +306,6 @@ __all__ = [
     "chunk_task",
     "cut",
     "init_worker",
+    "park_stream",
     "state",
 ]
