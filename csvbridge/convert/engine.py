@@ -152,7 +152,8 @@ class Engine:
         mode = "grouped"
         while True:
             if self.plan.kind == "products":
-                self.products = ProductIds(reject=not self.spec.products_from_conversions)
+                pfc = self.spec.products_from_conversions
+                self.products = self.work.product_ids(reject=not pfc)
             writer = self.work.writer(self._reset(notes), self.products)
             try:
                 if mode == "grouped":

@@ -5,6 +5,7 @@
     rejected.tsv     ``lines<TAB>reason`` per rejected object (``a-b`` for a line range)
     input.spool      a stream's bytes, kept because the fallbacks read the source again
     ids.sqlite       the ids already closed while streaming (bounded memory)
+    products.sqlite  the product ids already written (a products file), same reason
     buckets/         the regroup's bucket files
 
 Every file is created private (0600): they hold customer data.  The folder also
@@ -100,17 +101,35 @@ class Output:
         self.rejected.append(Rejected(lines, reason))
 
 
-@dataclass
 class ProductIds:
-    """Product ids already written, with the lines of their first occurrence.
+    """Product ids already written, with the lines of their first occurrence; on disk
+    (SQLite), so a catalog of millions of products keeps memory flat.
 
     A products export must not repeat an id (`reject`: later ones are rejected, naming
     the first); products taken from conversions repeat by nature (later ones skipped).
     """
 
-    reject: bool
-    first: dict[str, str] = field(default_factory=dict)
-    skipped: int = 0
+    def __init__(self, path: Path, *, reject: bool) -> None:
+        self.reject = reject
+        self.skipped = 0
+        path.unlink(missing_ok=True)
+        open_private(path).close()  # sqlite would create it with the umask's mode
+        self.path = path
+        self.db = sqlite3.connect(path)
+        self.db.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-16000;"
+            "CREATE TABLE ids(id TEXT PRIMARY KEY, lines TEXT) WITHOUT ROWID;"
+        )
+
+    def _first(self, pid: str, lines: str) -> str | None:
+        """None for a new id (now recorded); else the lines of its first occurrence."""
+        if self.db.execute("INSERT OR IGNORE INTO ids VALUES (?, ?)", (pid, lines)).rowcount:
+            return None
+        return self.db.execute("SELECT lines FROM ids WHERE id = ?", (pid,)).fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+        self.path.unlink(missing_ok=True)
 
     def keep(self, out: Output) -> Output:
         kept = Output(
@@ -121,9 +140,8 @@ class ProductIds:
             rows_dup=out.rows_dup,
         )
         for line, entry in zip(out.ndjson, out.index, strict=True):
-            where = self.first.get(entry.id)
+            where = self._first(entry.id, lines_text(entry.lines))
             if where is None:
-                self.first[entry.id] = lines_text(entry.lines)
                 kept.ndjson.append(line)
                 kept.index.append(entry)
                 kept.ok += 1
@@ -193,6 +211,8 @@ class Writer:
     def close(self) -> None:
         for f in (self.nd, self.ix, self.rj):
             f.close()
+        if self.products is not None:
+            self.products.close()
 
 
 def index_text(index: list[IndexEntry]) -> str:
@@ -290,6 +310,9 @@ class WorkDir:
 
     def id_set(self) -> IdSet:
         return IdSet(self.folder / "ids.sqlite")
+
+    def product_ids(self, *, reject: bool) -> ProductIds:
+        return ProductIds(self.folder / "products.sqlite", reject=reject)
 
     @contextmanager
     def buckets(self, n: int) -> Iterator[Buckets]:
