@@ -593,8 +593,8 @@ def test_one_id_on_every_row_keeps_memory_flat(tmp_path):
 
 # (a quoted bare CR inside a cell is split by the reader today: "\rcr" is checked in
 # test_neutralise_and_restore_are_inverse only)
-TRICKY = ["=HYPERLINK(\"http://x\")", "+33 6 12 34 56 78", "-5", "@SUM(A1)", "\ttab",
-          "'=quoted already", "''-twice", "'plain quote", "fine"]  # fmt: skip
+TRICKY = ["=HYPERLINK(\"http://x\")", "+33 6 12 34 56 78", "-2+3+cmd|' /C calc'!A0",
+          "@SUM(A1)", "\ttab", "'=quoted already", "''-twice", "'plain quote", "fine"]  # fmt: skip
 
 
 def test_rejects_are_neutralised_for_spreadsheets_and_a_fixed_file_gives_the_originals(
@@ -616,8 +616,8 @@ def test_rejects_are_neutralised_for_spreadsheets_and_a_fixed_file_gives_the_ori
     assert back[0] == [*HEADER, "csvbridge_error"]
     comments = [r[HEADER.index("comment")] for r in back[1:]]
     assert comments == [
-        "'=HYPERLINK(\"http://x\")", "'+33 6 12 34 56 78", "'-5", "'@SUM(A1)", "'\ttab",
-        "''=quoted already", "'''-twice", "'plain quote", "fine",
+        "'=HYPERLINK(\"http://x\")", "'+33 6 12 34 56 78", "'-2+3+cmd|' /C calc'!A0",
+        "'@SUM(A1)", "'\ttab", "''=quoted already", "'''-twice", "'plain quote", "fine",
     ]  # fmt: skip
     assert not any(c and c[0] in "=+-@\t\r" for r in back for c in r)
     # a person fixes the status in the spreadsheet and drops the file again
@@ -654,9 +654,12 @@ def test_a_fixed_rejects_file_rejected_again_keeps_one_error_column(tmp_path):
 
 def test_neutralise_and_restore_are_inverse():
     cells = [*TRICKY, "\rcr", "", "'", "''", "'x", "a=b", "'\t", "''\r", "-", "=", "@"]
-    for c in cells:
+    numbers = ["-3.70379", "+12", "-1e5", "-0,5", "'-3.7", "-1+1", "-3.7 ", "+33 6 12"]
+    for c in cells + numbers:
         assert restore(neutralise(c)) == c, c
+    for c in cells + numbers[4:]:
         assert neutralise(c)[:1] not in ("=", "+", "-", "@", "\t", "\r"), c
+    assert [neutralise(c) for c in numbers[:4]] == numbers[:4]  # numbers, not formulas
 
 
 # --------------------------------------------------------------------------- products

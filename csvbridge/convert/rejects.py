@@ -2,8 +2,9 @@
 error column, ready to be fixed in a spreadsheet and dropped again.
 
 A spreadsheet runs a cell starting with ``=``, ``+``, ``-``, ``@``, tab or CR as a
-formula (CSV injection), so such cells are written with a leading ``'`` (OWASP's advice).
-To keep that reversible, a cell that already starts with quotes before one of those
+formula (CSV injection), so such cells are written with a leading ``'`` (OWASP's advice);
+a plain number (``-3.70379``, ``+12``) is left as it is: a spreadsheet reads it as a
+number, never as a formula.  To keep that reversible, a cell that already starts with quotes before one of those
 characters gets one more.  A file whose header has the ``csvbridge_error`` column is a
 rejects file dropped again: that column is ignored, and one leading ``'`` is removed
 from every cell of the form ``'...'X`` (X one of the characters above), which gives
@@ -26,11 +27,14 @@ if TYPE_CHECKING:
 ERROR_COLUMN = "csvbridge_error"
 _NEEDS_QUOTE = re.compile("'*[=+\\-@\t\r]")
 _QUOTED = re.compile("'+[=+\\-@\t\r]")
+_NUMBER = re.compile(r"[+-]?(\d+([.,]\d*)?|[.,]\d+)([eE][+-]?\d+)?")
 
 
 def neutralise(cell: str) -> str:
     """A cell a spreadsheet will show as text, never run as a formula."""
-    return "'" + cell if _NEEDS_QUOTE.match(cell) else cell
+    if _NEEDS_QUOTE.match(cell) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
 
 
 def restore(cell: str) -> str:
