@@ -13,10 +13,12 @@ rows/s, wall time and peak RSS (the sum over the process and its workers, sample
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -27,34 +29,61 @@ sys.path.insert(0, str(ROOT))
 from csvbridge.testing.samples import generate  # noqa: E402
 
 
-def measure(cmd: list[str]) -> tuple[float, int, int, int]:
-    """Run `cmd`; return (seconds, peak summed PSS, peak single RSS, exit code).
+@dataclass
+class Measured:
+    """One run of a command: wall time, peak memory, how it ended."""
+
+    seconds: float
+    pss_peak: int  # summed over the process tree (the real memory of the whole run)
+    rss_peak: int  # the largest single process
+    exit_code: int
+    stderr: str
+    stopped: str | None = None  # why the run was killed (over a limit), if it was
+
+
+def measure(
+    cmd: list[str], *, max_pss: int | None = None, timeout: float | None = None
+) -> Measured:
+    """Run `cmd`; sample its memory every 25 ms until it ends (or passes a limit).
 
     PSS (proportional set size) splits pages shared between the main process and its
     forked workers among them, so the sum is the real memory of the whole tree; plain
-    RSS would count the shared pages once per process.
+    RSS would count the shared pages once per process.  With `max_pss` or `timeout`
+    the tree is killed when it goes past them (a shared machine must not swap).
     """
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ps = psutil.Process(proc.pid)
-    peak_sum = peak_one = 0
-    ticks = 0
-    while proc.poll() is None:
-        # RSS is cheap to read; PSS needs /proc/*/smaps, so it is sampled less often
-        # (reading smaps itself costs CPU that the measured run would not have)
-        try:
-            procs = [ps, *ps.children(recursive=True)]
-            peak_one = max(peak_one, *(p.memory_info().rss for p in procs))
-            if ticks % 10 == 0:
-                peak_sum = max(peak_sum, sum(p.memory_full_info().pss for p in procs))
-        except psutil.Error:
-            pass
-        ticks += 1
-        time.sleep(0.025)
-    seconds = time.perf_counter() - start
-    if proc.returncode not in (0, 1):
-        sys.stderr.write(proc.stderr.read().decode(errors="replace") if proc.stderr else "")
-    return seconds, peak_sum, peak_one, proc.returncode
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        ps = psutil.Process(proc.pid)
+        peak_sum = peak_one = 0
+        ticks = 0
+        stopped = None
+        while proc.poll() is None:
+            # RSS is cheap to read; PSS needs /proc/*/smaps, so it is sampled less often
+            # (reading smaps itself costs CPU that the measured run would not have)
+            try:
+                procs = [ps, *ps.children(recursive=True)]
+                peak_one = max(peak_one, *(p.memory_info().rss for p in procs))
+                if ticks % 10 == 0 or (max_pss and peak_one > max_pss // 2):
+                    peak_sum = max(peak_sum, sum(p.memory_full_info().pss for p in procs))
+            except psutil.Error:
+                procs = []
+            if max_pss is not None and peak_sum > max_pss:
+                stopped = f"killed: over {max_pss / 2**20:.0f} MB"
+            elif timeout is not None and time.perf_counter() - start > timeout:
+                stopped = f"killed: still running after {timeout:.0f} s"
+            if stopped:
+                for p in procs:
+                    with contextlib.suppress(psutil.Error):
+                        p.kill()
+                proc.wait()
+                break
+            ticks += 1
+            time.sleep(0.025)
+        seconds = time.perf_counter() - start
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    return Measured(seconds, peak_sum, peak_one, proc.returncode, stderr, stopped)
 
 
 def main() -> None:
@@ -88,15 +117,17 @@ def main() -> None:
             "--report",
             str(folder / f"report-{layout}.json"),
         ]
-        seconds, peak_sum, peak_one, code = measure(cmd)
+        m = measure(cmd)
+        if m.exit_code not in (0, 1):
+            sys.stderr.write(m.stderr)
         lines = 0
         if out.exists():
             with open(out, "rb") as f:
                 lines = sum(1 for _ in f)
         print(
-            f"{layout:9s}: {args.rows} rows in {seconds:.2f} s = {args.rows / seconds:,.0f} "
-            f"rows/s; {lines} conversions written; peak memory {peak_sum / 2**20:.0f} MB "
-            f"(PSS, all processes), {peak_one / 2**20:.0f} MB (largest RSS); exit {code}"
+            f"{layout:9s}: {args.rows} rows in {m.seconds:.2f} s = {args.rows / m.seconds:,.0f} "
+            f"rows/s; {lines} conversions written; peak memory {m.pss_peak / 2**20:.0f} MB "
+            f"(PSS, all processes), {m.rss_peak / 2**20:.0f} MB (largest RSS); exit {m.exit_code}"
         )
 
 

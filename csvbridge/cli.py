@@ -94,9 +94,12 @@ def _exit_for(report: Report) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from csvbridge.convert.engine import convert_file
 
+    # stdin and stdout are the command line's: the library takes binary streams
+    source = sys.stdin.buffer if args.input == "-" else args.input
+    output = sys.stdout.buffer if args.output in (None, "-") else args.output
     report = convert_file(
-        args.input,
-        args.output,
+        source,
+        output,
         to=args.to,
         kind=args.kind,
         settings=_convert_settings(args),
@@ -104,6 +107,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         report_path=args.report,
         rejects_path=args.rejects,
         products_from_conversions=args.products_from_conversions,
+        name="-" if args.input == "-" else None,
     )
     if not args.quiet:
         report.print_summary()

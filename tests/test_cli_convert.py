@@ -6,6 +6,8 @@ import csv
 import gzip
 import io
 import json
+import os
+import stat
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -299,3 +301,90 @@ def test_spreadsheet_damage_warns_or_rejects(flag):
     else:
         assert done.returncode == 0 and len(objects(done.stdout)) == 5
         assert "warning SPREADSHEET_DAMAGE x9" in stderr
+
+
+# --------------------------------------------------------------------------- where it writes
+
+
+BAD = GOOD.replace("c1,", "c2,").replace("pending", "Pending")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_a_device_given_as_output_report_or_rejects_is_written_through(tmp_path):
+    """`-o /dev/null` as root (cron) must never replace the device with a regular file.
+    A private device node (the same device as /dev/null) stands in for it here."""
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    src = tmp_path / "in.csv"
+    src.write_text(HEADER + GOOD + BAD, encoding="utf-8")
+    done = cli(src, "-o", null, "--report", null, "--rejects", null)
+    assert done.returncode == 1, done.stderr
+    assert stat.S_ISCHR(os.lstat(null).st_mode) and os.lstat(null).st_rdev == os.makedev(1, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "null"]  # nothing beside
+
+
+def test_a_fifo_given_as_output_is_written_through(tmp_path):
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    src = tmp_path / "in.csv"
+    src.write_text(HEADER + GOOD, encoding="utf-8")
+    # a write end held here: the reader never blocks, and ends when this one closes,
+    # even if the FIFO was replaced (the test then fails instead of hanging)
+    hold = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    with ThreadPoolExecutor(1) as pool:
+        reader = pool.submit(lambda: Path(fifo).read_bytes())
+        try:
+            done = cli(src, "-o", fifo)
+        finally:
+            os.close(hold)
+        got = reader.result(timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert [o["id"] for o in objects(got)] == ["c1"]
+
+
+def test_a_symlink_given_as_output_report_or_rejects_stays_a_link(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text(HEADER + GOOD + BAD, encoding="utf-8")
+    links = {}
+    for what in ("out", "report", "rejects"):
+        target = tmp_path / f"{what}.target"
+        target.write_bytes(b"old")
+        links[what] = tmp_path / f"{what}.link"
+        links[what].symlink_to(target)
+    done = cli(src, "-o", links["out"], "--report", links["report"], "--rejects", links["rejects"])
+    assert done.returncode == 1, done.stderr
+    for what, link in links.items():
+        assert link.is_symlink(), what
+        assert link.resolve() == tmp_path / f"{what}.target"
+    assert [o["id"] for o in objects((tmp_path / "out.target").read_bytes())] == ["c1"]
+    assert json.loads((tmp_path / "report.target").read_bytes())["conversions"]["rejected"] == 1
+    assert "c2," in (tmp_path / "rejects.target").read_text(encoding="utf-8")
+
+
+def test_outputs_are_private_whatever_the_umask(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text(HEADER + GOOD + BAD, encoding="utf-8")
+    outs = [tmp_path / n for n in ("o.ndjson", "r.json", "x.rejects.csv")]
+    done = subprocess.run(
+        ["sh", "-c", 'umask 000 && exec "$@"', "sh", sys.executable, "-m", "csvbridge"]
+        + ["convert", str(src), "-o", str(outs[0]), "--report", str(outs[1])]
+        + ["--rejects", str(outs[2]), "--workers", "1"],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert [stat.S_IMODE(p.stat().st_mode) for p in outs] == [0o600] * 3
+
+
+def test_kind_products_with_a_repeated_id_does_not_pass(tmp_path):
+    src = tmp_path / "products.csv"
+    src.write_text("id,name\nP1,Mug\nP2,Lamp\nP1,Mug again\n", encoding="utf-8")
+    out, rejects = tmp_path / "p.ndjson", tmp_path / "p.rejects.csv"
+    done = cli(src, "--kind", "products", "-o", out, "--rejects", rejects)
+    assert done.returncode == 1
+    assert "DUPLICATE_PRODUCT_ID" in done.stderr.decode()
+    assert [o["id"] for o in objects(out.read_bytes())] == ["P1", "P2"]
+    text = rejects.read_text(encoding="utf-8")
+    assert "P1,Mug again,line 4: DUPLICATE_PRODUCT_ID: product id already given on line 2" in text

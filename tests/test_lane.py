@@ -2,7 +2,7 @@
 
 Files in the documented layout (conversion-level columns first, ``conversion_items.*``
 last, no mapping) are cut into runs straight from the text.  That must never change a
-byte of the output: every file here is converted twice, with `csvbridge.convert.FAST_LANE`
+byte of the output: every file here is converted twice, with `csvbridge.convert.worker.FAST_LANE`
 on and off, and the NDJSON, the index, the rejects and the report must be identical.
 The explicit cases also check concrete results, so both lanes being wrong the same way
 would still fail.
@@ -26,13 +26,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import csvbridge.convert.engine as cv
+import csvbridge.convert.worker as cv
 import csvbridge.read.csvfile
 from csvbridge.config import ConvertSettings
 from csvbridge.convert import lane as runs
-from csvbridge.convert.engine import Spec, convert, read_records
+from csvbridge.convert.engine import convert, read_records
 from csvbridge.convert.fold import Plan
 from csvbridge.convert.lane import Layout, Run, Shared, scan_chunk
+from csvbridge.convert.worker import Spec
 from csvbridge.errors import InputError
 from csvbridge.read.csvfile import Dialect
 from csvbridge.read.mapping import Mapping
@@ -708,13 +709,11 @@ def test_too_many_items_and_bytes_that_are_not_utf8(monkeypatch):
 
 @pytest.fixture
 def worker(monkeypatch):
-    """_init_worker, with the module's _WORKER restored afterwards."""
-    monkeypatch.setattr(cv, "_WORKER", None)
+    """init_worker, with the process's worker state restored afterwards."""
+    monkeypatch.setattr(cv, "_STATE", None)
 
     def init(spec: Spec) -> Layout | None:
-        cv._init_worker(spec)
-        assert cv._WORKER is not None
-        return cv._WORKER[3]
+        return cv.init_worker(spec).layout
 
     return init
 

@@ -1,10 +1,16 @@
 """Stage 2, convert: rows folded into nested conversions, validated, written as NDJSON.
 
 ``fold`` compiles the plan (generated row code), ``lane`` is the fast lane for the
-documented layout, ``engine`` runs chunks through worker processes and regroups files
-whose rows are not grouped by id.
+documented layout, ``build`` turns runs into objects, ``worker`` is what runs in a worker
+process (a chunk, a bucket), ``regroup`` the on-disk bucket sort of files whose rows are
+not grouped by id, ``workdir`` the work folder and its files, ``engine`` the
+orchestration (`convert`), ``output`` the one-shot `convert_file`, ``rejects`` the
+rejects file.
 """
 
-from csvbridge.convert.engine import Converted, convert, read_records
+from csvbridge.convert.engine import convert
+from csvbridge.convert.output import convert_file
+from csvbridge.convert.rejects import write_rejects
+from csvbridge.convert.workdir import Converted, read_records
 
-__all__ = ["Converted", "convert", "read_records"]
+__all__ = ["Converted", "convert", "convert_file", "read_records", "write_rejects"]
