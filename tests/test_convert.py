@@ -509,12 +509,17 @@ def test_missing_required_column_is_an_input_error(tmp_path):
 
 def test_a_header_that_swallows_the_file_is_never_a_success(tmp_path):
     """A header cell with an odd number of quotes (`Screen size (")`) made the whole
-    file read as header: 0 rows, exit 0.  Bytes after a header and no rows is an error."""
+    file read as header: 0 rows, exit 0.  The header is now read by the body's rules (a
+    quote inside an unquoted cell is literal), and a header that opens a quote it never
+    closes is refused: bytes after a header never end as an empty success."""
     body = TEMPLATE.read_text(encoding="utf-8")
     header, _, rows = body.partition("\n")
-    swallowed = (header.replace("comment", 'Screen size (")') + "\n" + rows).encode()
-    with pytest.raises(InputError, match="no rows could be read"):
-        run(tmp_path, swallowed, s={"conflict": "first"})
+    literal = (header.replace("comment", 'Screen size (")') + "\n" + rows).encode()
+    _, report, _ = run(tmp_path, literal, s={"conflict": "first"})
+    assert report.rows_read == len(rows.strip().splitlines()) and report.objects_valid
+    unclosed = (header.replace("comment", '"Screen size') + "\n" + rows).encode()
+    with pytest.raises(InputError):
+        run(tmp_path, unclosed, name="unclosed.csv", s={"conflict": "first"})
 
 
 def test_a_header_and_blank_lines_is_an_empty_export(tmp_path):
