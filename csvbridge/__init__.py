@@ -22,10 +22,10 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _FACE = {
     # convert: one export -> NDJSON (+ report, rejects)
-    "convert": "csvbridge.convert.engine",
-    "convert_file": "csvbridge.convert.engine",
-    "Converted": "csvbridge.convert.engine",
-    "read_records": "csvbridge.convert.engine",
+    "convert": "csvbridge.fold.engine",
+    "convert_file": "csvbridge.fold.engine",
+    "Converted": "csvbridge.fold.engine",
+    "read_records": "csvbridge.fold.engine",
     # ship: convert + deliver one file; the bulk API client alone
     "send_file": "csvbridge.pipeline",
     "process_file": "csvbridge.pipeline",
@@ -99,7 +99,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from csvbridge.config import ConvertSettings, Settings, load_settings
-    from csvbridge.convert.engine import Converted, convert, convert_file, read_records
     from csvbridge.drops.daemon import watch
     from csvbridge.drops.outcome import PassSummary
     from csvbridge.drops.runner import run_once
@@ -114,6 +113,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         TerminalError,
         TransientError,
     )
+    from csvbridge.fold.engine import Converted, convert, convert_file, read_records
     from csvbridge.pipeline import Outcome, process_file, send_file
     from csvbridge.report import Problem, Report
     from csvbridge.sinks.results import ShipResult

@@ -92,7 +92,7 @@ def _exit_for(report: Report) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from csvbridge.convert.engine import convert_file
+    from csvbridge.fold.engine import convert_file
 
     # stdin and stdout are the command line's: the library takes binary streams
     source = sys.stdin.buffer if args.input == "-" else args.input
@@ -190,7 +190,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def cmd_debug_codegen(args: argparse.Namespace) -> int:
-    from csvbridge.convert.codegen import generated_source_of_file
+    from csvbridge.fold.codegen import generated_source_of_file
 
     print(generated_source_of_file(args.input, args.mapping, kind=args.kind), end="")
     return EXIT_OK

@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from csvbridge.config import ConvertSettings, Settings
-from csvbridge.convert.engine import Converted, convert, read_records, write_rejects
-from csvbridge.convert.fold import Record
 from csvbridge.errors import (
     ApiTerminalError,
     CsvBridgeError,
@@ -30,6 +28,8 @@ from csvbridge.errors import (
     TransientError,
 )
 from csvbridge.files import move_into_place, open_private, write_bytes
+from csvbridge.fold.assemble import Record
+from csvbridge.fold.engine import Converted, convert, read_records, write_rejects
 from csvbridge.report import FileState, Problem, Report
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import pytest
 import requests
 
 from csvbridge.config import ApiSettings, RateLimits
-from csvbridge.convert.fold import Record
 from csvbridge.errors import ApiRedirectError, AuthError, StopsRun, TerminalError
+from csvbridge.fold.assemble import Record
 from csvbridge.sinks import (
     ApiClient,
     BatchOutcome,

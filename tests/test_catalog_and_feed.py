@@ -8,7 +8,7 @@ from pathlib import Path
 
 from csvbridge.cli import main
 from csvbridge.config import FeedSettings, Settings
-from csvbridge.convert.engine import convert_file
+from csvbridge.fold.engine import convert_file
 from csvbridge.pipeline import send_file
 from csvbridge.schema.models import PRODUCT_HEADER, TEMPLATE_HEADER, Conversion, Product
 from tests.plugins.api import settings_for

@@ -20,9 +20,9 @@ from typing import Any
 import orjson
 import pytest
 
-from csvbridge.convert.engine import convert
 from csvbridge.errors import SourceAuthError, SourceUnavailable, TerminalError, TransientError
 from csvbridge.files import write_bytes
+from csvbridge.fold.engine import convert
 from csvbridge.sources.commercehq import (
     COLUMNS,
     CommerceHQClient,

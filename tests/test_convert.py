@@ -15,10 +15,10 @@ import pytest
 
 import csvbridge.read.csvfile
 from csvbridge.config import ConvertSettings
-from csvbridge.convert.engine import convert, read_records
-from csvbridge.convert.output import convert_file
-from csvbridge.convert.rejects import neutralise, restore, write_rejects
 from csvbridge.errors import InputError
+from csvbridge.fold.engine import convert, read_records
+from csvbridge.fold.output import convert_file
+from csvbridge.fold.rejects import neutralise, restore, write_rejects
 from csvbridge.schema.models import Conversion
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -173,7 +173,7 @@ def test_ungrouped_rejects_and_problems_come_out_in_the_grouped_order(
 ):
     """The bucket sort builds conversions bucket by bucket, but the merge puts every
     valid line, every reject and every problem back in order of first appearance."""
-    import csvbridge.convert.regroup as rg
+    import csvbridge.fold.regroup as rg
 
     monkeypatch.setattr(rg, "BUCKET_BYTES", 512)  # many small buckets
     rows = grouped_rows(300, seed=11)

@@ -15,8 +15,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from csvbridge.convert.fold import Record
 from csvbridge.errors import AuthError
+from csvbridge.fold.assemble import Record
 from csvbridge.sinks.events import EventsSettings, pack, send_events
 from csvbridge.sinks.purchase import to_purchase
 from csvbridge.testing.sample_objects import sample_records

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from csvbridge.convert.fold import Built, CellError, ColumnPlan, normalize_header
 from csvbridge.errors import InputError
+from csvbridge.fold.assemble import Built, CellError, ColumnPlan, normalize_header
 from csvbridge.read.csvfile import Row
 from csvbridge.schema.codecs import CodecOptions
 from csvbridge.schema.models import TEMPLATE_HEADER, Conversion
@@ -484,7 +484,7 @@ def test_a_traceback_through_generated_code_shows_its_source_line():
 
 def test_generated_code_names_each_field_and_can_be_dumped(tmp_path, capsys):
     from csvbridge.cli import main
-    from csvbridge.convert.codegen import generated_source
+    from csvbridge.fold.codegen import generated_source
 
     source = generated_source(list(TEMPLATE_HEADER))
     compile(source, "<dump>", "exec")  # the dump is the whole, valid code
@@ -531,7 +531,7 @@ def _write_csv(path, header: list[str], rows: list[list[str]]) -> None:
 def test_a_nul_byte_deep_in_a_file_is_rejected_on_both_lanes(tmp_path):
     """After the first 4 KB (the binary sniff), through the engine and the fast lane."""
     from csvbridge.config import ConvertSettings
-    from csvbridge.convert.engine import convert
+    from csvbridge.fold.engine import convert
 
     header = list(TEMPLATE_HEADER)
     base = {**BASE, "user.user_email": "a@example.com"}

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from csvbridge.config import ConvertSettings
-from csvbridge.convert.engine import convert
 from csvbridge.errors import InputError
+from csvbridge.fold.engine import convert
 from csvbridge.read.csvfile import CsvFile, parse_chunk
 from csvbridge.read.limits import CellTooLong, GzipBomb, ReadLimits, RecordTooLong
 from csvbridge.report import MAX_VALUE_CHARS, Problem, ProblemLog

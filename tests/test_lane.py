@@ -2,7 +2,7 @@
 
 Files in the documented layout (conversion-level columns first, ``conversion_items.*``
 last, no mapping) are cut into runs straight from the text.  That must never change a
-byte of the output: every file here is converted twice, with `csvbridge.convert.worker.FAST_LANE`
+byte of the output: every file here is converted twice, with `csvbridge.fold.worker.FAST_LANE`
 on and off, and the NDJSON, the index, the rejects and the report must be identical.
 The explicit cases also check concrete results, so both lanes being wrong the same way
 would still fail.
@@ -26,15 +26,15 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import csvbridge.convert.worker as cv
+import csvbridge.fold.worker as cv
 import csvbridge.read.csvfile
 from csvbridge.config import ConvertSettings
-from csvbridge.convert import lane as runs
-from csvbridge.convert.engine import convert, read_records
-from csvbridge.convert.fold import Plan
-from csvbridge.convert.lane import Layout, Run, Shared, scan_chunk
-from csvbridge.convert.worker import Spec
 from csvbridge.errors import InputError
+from csvbridge.fold import lane as runs
+from csvbridge.fold.assemble import Plan
+from csvbridge.fold.engine import convert, read_records
+from csvbridge.fold.lane import Layout, Run, Shared, scan_chunk
+from csvbridge.fold.worker import Spec
 from csvbridge.read.csvfile import Dialect
 from csvbridge.read.mapping import Mapping
 from csvbridge.schema.models import TEMPLATE_HEADER

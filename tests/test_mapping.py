@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from csvbridge.config import ConvertSettings
-from csvbridge.convert.engine import convert
 from csvbridge.errors import ConfigError, InputError
+from csvbridge.fold.engine import convert
 from csvbridge.read.mapping import Mapping, compile_mapping, convert_date, load_mapping
 from csvbridge.schema.codecs import CellError, CodecOptions
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from csvbridge.config import ConvertSettings
-from csvbridge.convert.engine import convert, read_records
-from csvbridge.convert.fold import classify, normalize_header
+from csvbridge.fold.assemble import classify, normalize_header
+from csvbridge.fold.engine import convert, read_records
 from csvbridge.schema.models import (
     MAX_ITEMS,
     TEMPLATE_HEADER,

@@ -28,8 +28,8 @@ from requests.adapters import HTTPAdapter
 
 from csvbridge import __version__
 from csvbridge.config import ApiSettings, Kind
-from csvbridge.convert.fold import Record
 from csvbridge.errors import ApiRedirectError, ApiTerminalError, ApiTransientError, AuthError
+from csvbridge.fold.assemble import Record
 from csvbridge.observe import redact, register_secret
 from csvbridge.report import Problem
 from csvbridge.sinks.results import Endpoint, Rejection

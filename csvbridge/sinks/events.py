@@ -40,7 +40,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from requests.adapters import HTTPAdapter
 
 from csvbridge import __version__
-from csvbridge.convert.fold import Record
 from csvbridge.errors import (
     ApiTerminalError,
     ApiTransientError,
@@ -49,6 +48,7 @@ from csvbridge.errors import (
     CsvBridgeError,
     EventTooLarge,
 )
+from csvbridge.fold.assemble import Record
 from csvbridge.observe import redact, register_secret
 from csvbridge.report import Problem
 from csvbridge.sinks.purchase import to_purchase

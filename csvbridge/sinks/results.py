@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from csvbridge.config import Kind
-from csvbridge.convert.fold import Record
+from csvbridge.fold.assemble import Record
 from csvbridge.report import Problem
 
 

@@ -35,8 +35,8 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from csvbridge.config import ApiSettings, Kind
-from csvbridge.convert.fold import Record
 from csvbridge.errors import ApiTransientError, AuthError, ConfigError, CsvBridgeError
+from csvbridge.fold.assemble import Record
 from csvbridge.schema.models import Conversion, Product
 from csvbridge.sinks.client import ApiClient, endpoint, resolve_kind
 from csvbridge.sinks.pacer import Pacer, choose_batch_size, workers_for

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from csvbridge.convert.fold import Record
+from csvbridge.fold.assemble import Record
 from csvbridge.schema.models import format_date
 
 _CATALOG = (

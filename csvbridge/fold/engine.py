@@ -15,7 +15,7 @@ same output as the grouped file would: conversions in order of their first row, 
 in file order.  The output is only moved into place once the file is done, so a
 fallback never leaves half an answer behind.
 
-Files in the documented layout take the fast lane of `csvbridge.convert.lane` (rows that
+Files in the documented layout take the fast lane of `csvbridge.fold.lane` (rows that
 repeat their conversion-level text are not split again); others, and any chunk the fast
 lane hands back, are parsed by the csv module.  Both give the same bytes.
 """
@@ -34,13 +34,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from csvbridge.config import ConvertSettings
-from csvbridge.convert import regroup
-from csvbridge.convert.build import Overflow, build_run
-from csvbridge.convert.fold import Built, Plan
-from csvbridge.convert.regroup import Boundary
-from csvbridge.convert.rejects import ERROR_COLUMN, restore, write_rejects
-from csvbridge.convert.workdir import Converted, ProductIds, WorkDir, Writer, read_records
-from csvbridge.convert.worker import (
+from csvbridge.errors import InputError
+from csvbridge.fold import regroup
+from csvbridge.fold.assemble import Built, Plan
+from csvbridge.fold.build import Overflow, build_run
+from csvbridge.fold.regroup import Boundary
+from csvbridge.fold.rejects import ERROR_COLUMN, restore, write_rejects
+from csvbridge.fold.workdir import Converted, ProductIds, WorkDir, Writer, read_records
+from csvbridge.fold.worker import (
     BucketTask,
     ChunkResult,
     ChunkTask,
@@ -52,7 +53,6 @@ from csvbridge.convert.worker import (
     init_worker,
     park_stream,
 )
-from csvbridge.errors import InputError
 from csvbridge.read.csvfile import CHUNK_BYTES, CsvFile
 from csvbridge.read.mapping import Mapping, load_mapping
 from csvbridge.report import Problem, ProblemLog, Report
@@ -82,7 +82,7 @@ def _context() -> Any:
     if threading.active_count() == 1:
         return get_context("fork")
     ctx = get_context("forkserver")
-    ctx.set_forkserver_preload(["csvbridge.convert.worker"])
+    ctx.set_forkserver_preload(["csvbridge.fold.worker"])
     return ctx
 
 
@@ -404,9 +404,9 @@ def convert(
 
 
 def __getattr__(name: str) -> Any:
-    """`convert_file` lives in `csvbridge.convert.output`; still found here."""
+    """`convert_file` lives in `csvbridge.fold.output`; still found here."""
     if name == "convert_file":
-        from csvbridge.convert.output import convert_file
+        from csvbridge.fold.output import convert_file
 
         return convert_file
     raise AttributeError(name)

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from csvbridge.convert.build import Overflow
-from csvbridge.convert.fold import Built, Record
 from csvbridge.files import open_private
+from csvbridge.fold.assemble import Built, Record
+from csvbridge.fold.build import Overflow
 from csvbridge.read.csvfile import CsvFile, Dialect
 from csvbridge.report import Problem, Report
 

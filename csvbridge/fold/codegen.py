@@ -1,6 +1,6 @@
 """The generated row code: its writer, and its text for `csvbridge debug codegen`.
 
-A `ColumnPlan` (`csvbridge.convert.plan`) hands the tree of a file's objects to
+A `ColumnPlan` (`csvbridge.fold.plan`) hands the tree of a file's objects to
 `write_row_function`, which writes a straight-line Python function filling them from a
 row's cells: per column, a memoised codec lookup and the field's inline `FastCheck`;
 per nested object, one lookup of the whole object.  Each line names the field it
@@ -26,7 +26,7 @@ from csvbridge.schema.pycode import compile_function
 from csvbridge.schema.structure import normalize_header
 
 if TYPE_CHECKING:
-    from csvbridge.convert.plan import ColumnPlan
+    from csvbridge.fold.plan import ColumnPlan
 
 SEGMENT_CACHE = 4096  # memoised objects per nested path; cleared when full
 
@@ -211,8 +211,8 @@ def generated_source(
     With the documented layout the fast lane's item function is included, as compiled
     for `delimiter`.  Raises `InputError` for a header the conversion would refuse.
     """
-    from csvbridge.convert.lane import Layout
-    from csvbridge.convert.plan import ColumnPlan  # which imports this module
+    from csvbridge.fold.lane import Layout
+    from csvbridge.fold.plan import ColumnPlan  # which imports this module
 
     if isinstance(mapping, (str, Path)):
         mapping = load_mapping(mapping)

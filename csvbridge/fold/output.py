@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from csvbridge.config import ConvertSettings
-from csvbridge.convert.engine import convert
-from csvbridge.convert.rejects import write_rejects
 from csvbridge.errors import ConfigError
 from csvbridge.files import move_into_place, replaceable, write_bytes
+from csvbridge.fold.engine import convert
+from csvbridge.fold.rejects import write_rejects
 from csvbridge.report import Report
 
 

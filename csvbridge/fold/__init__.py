@@ -1,6 +1,7 @@
-"""Stage 2, convert: rows folded into nested conversions, validated, written as NDJSON.
+"""Stage 2, fold: rows folded into nested conversions, validated, written as NDJSON.
 
-``fold`` compiles the plan (generated row code), ``lane`` is the fast lane for the
+``plan`` works out columns and codecs and compiles the row code (``codegen``),
+``assemble`` turns rows into objects, ``lane`` is the fast lane for the
 documented layout, ``build`` turns runs into objects, ``worker`` is what runs in a worker
 process (a chunk, a bucket), ``regroup`` the on-disk bucket sort of files whose rows are
 not grouped by id, ``workdir`` the work folder and its files, ``engine`` the
@@ -8,9 +9,9 @@ orchestration (`convert`), ``output`` the one-shot `convert_file`, ``rejects`` t
 rejects file.
 """
 
-from csvbridge.convert.engine import convert
-from csvbridge.convert.output import convert_file
-from csvbridge.convert.rejects import write_rejects
-from csvbridge.convert.workdir import Converted, read_records
+from csvbridge.fold.engine import convert
+from csvbridge.fold.output import convert_file
+from csvbridge.fold.rejects import write_rejects
+from csvbridge.fold.workdir import Converted, read_records
 
 __all__ = ["Converted", "convert", "convert_file", "read_records", "write_rejects"]

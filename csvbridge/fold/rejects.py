@@ -22,7 +22,7 @@ from csvbridge.files import write_into_place
 from csvbridge.read.csvfile import CsvFile, Row, parse_chunk
 
 if TYPE_CHECKING:
-    from csvbridge.convert.workdir import Converted
+    from csvbridge.fold.workdir import Converted
 
 ERROR_COLUMN = "csvbridge_error"
 _NEEDS_QUOTE = re.compile("'*[=+\\-@\t\r]")

@@ -13,13 +13,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from csvbridge.convert import regroup
-from csvbridge.convert.build import Overflow, bounded, build_run
-from csvbridge.convert.fold import Plan, normalize_header
-from csvbridge.convert.lane import Layout, Records, Run, Shared, cut_lane, cut_runs, records
-from csvbridge.convert.rejects import ERROR_COLUMN, restore_rows
-from csvbridge.convert.workdir import Output
 from csvbridge.errors import InputError
+from csvbridge.fold import regroup
+from csvbridge.fold.assemble import Plan, normalize_header
+from csvbridge.fold.build import Overflow, bounded, build_run
+from csvbridge.fold.lane import Layout, Records, Run, Shared, cut_lane, cut_runs, records
+from csvbridge.fold.rejects import ERROR_COLUMN, restore_rows
+from csvbridge.fold.workdir import Output
 from csvbridge.read.csvfile import CsvFile, Dialect, Row, parse_chunk
 from csvbridge.read.mapping import Mapping, RowTransform, compile_mapping
 from csvbridge.report import Problem

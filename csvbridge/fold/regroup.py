@@ -19,17 +19,17 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from csvbridge.convert.build import Overflow, build_group, size_of
-from csvbridge.convert.fold import Built, Plan
-from csvbridge.convert.lane import Layout, Line, Run, Shared, cut_lane, record_id
-from csvbridge.convert.workdir import Buckets, IndexEntry, Writer, index_text
 from csvbridge.files import open_private
+from csvbridge.fold.assemble import Built, Plan
+from csvbridge.fold.build import Overflow, build_group, size_of
+from csvbridge.fold.lane import Layout, Line, Run, Shared, cut_lane, record_id
+from csvbridge.fold.workdir import Buckets, IndexEntry, Writer, index_text
 from csvbridge.read.csvfile import Row
 from csvbridge.report import Report
 from csvbridge.schema.models import MAX_ITEMS
 
 if TYPE_CHECKING:
-    from csvbridge.convert.worker import ChunkResult
+    from csvbridge.fold.worker import ChunkResult
 
 BUCKET_BYTES = 8 << 20  # source bytes per bucket of an ungrouped file: memory per worker
 MAX_BUCKETS = 512

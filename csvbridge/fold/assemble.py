@@ -1,7 +1,7 @@
 """Fold item rows into nested objects and their NDJSON lines.
 
 `Assembler.build(rows)` turns the rows of one conversion into a `Record` (or problems),
-with the row functions its `ColumnPlan` (`csvbridge.convert.plan`) compiled:
+with the row functions its `ColumnPlan` (`csvbridge.fold.plan`) compiled:
 conversion-level values must agree between the rows (a conflict is reported with field,
 values and lines; the `conflict` setting decides), items keep file order, item ids are
 unique, the number of items is within the model's bounds, required fields are present,
@@ -22,7 +22,7 @@ from csvbridge.schema.codecs import CellError, Flagged
 from csvbridge.schema.structure import classify, normalize_header
 
 if TYPE_CHECKING:
-    from csvbridge.convert.plan import ColumnPlan
+    from csvbridge.fold.plan import ColumnPlan
 
 ITEM_CACHE = 8192  # memoised items of build_shared; cleared when full
 ITEM_MEMO_TRIAL = 20000  # items looked up before deciding whether the memo pays
@@ -362,7 +362,7 @@ def __getattr__(name: str) -> Any:
     """`ColumnPlan` (and its old name `Plan`, which engine.py and tests/test_lane.py
     import until the merge renames them), without an import cycle: plan imports this."""
     if name in ("ColumnPlan", "Plan"):
-        from csvbridge.convert.plan import ColumnPlan
+        from csvbridge.fold.plan import ColumnPlan
 
         return ColumnPlan
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

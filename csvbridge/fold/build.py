@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from csvbridge.convert.fold import Built, Plan
-from csvbridge.convert.lane import Line, Run, Shared
+from csvbridge.fold.assemble import Built, Plan
+from csvbridge.fold.lane import Line, Run, Shared
 from csvbridge.read.csvfile import Row
 from csvbridge.report import Problem
 from csvbridge.schema.models import MAX_ITEMS

@@ -3,7 +3,7 @@
 A `ColumnPlan` is compiled once per file from its header (documented dot paths, or a
 mapping's targets): which column fills which field, at which level (``conversion_items.*``
 is item-level, the rest conversion-level), with which codec (`csvbridge.schema.codecs`).
-From it `csvbridge.convert.codegen` writes straight-line Python functions — one that
+From it `csvbridge.fold.codegen` writes straight-line Python functions — one that
 writes the conversion level of a row, one that writes an item, and the fast lane's item
 function — so the per-row work is a handful of list appends and memoised codec lookups,
 not a walk over a path tree.  (namedtuple and dataclasses generate code the same way,
@@ -17,9 +17,9 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from csvbridge.convert.codegen import ObjectNode, node_columns, object_tree, write_row_function
-from csvbridge.convert.fold import Assembler, Built
 from csvbridge.errors import InputError
+from csvbridge.fold.assemble import Assembler, Built
+from csvbridge.fold.codegen import ObjectNode, node_columns, object_tree, write_row_function
 from csvbridge.read.csvfile import Row
 from csvbridge.schema.codecs import CachedCodec, CodecOptions, FastCheck, fast_check, make_codec
 from csvbridge.schema.structure import MAX_PATH_DEPTH, STRUCTURES, Structure
