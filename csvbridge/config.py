@@ -290,11 +290,17 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
 def _local_url(url: str, base: Path) -> str:
     """A relative local location (``drop``, ``./feeds``, ``file://./feeds``) made absolute
     against `base`, the config file's folder, so cron's working directory does not
-    matter; absolute paths and remote URLs are returned unchanged."""
-    if "://" not in url:
-        path = Path(url).expanduser()
-        return str(path if path.is_absolute() else base / path)
-    scheme, rest = url.split("://", 1)
-    if scheme.lower() == "file" and rest.startswith("."):  # file://./feeds, file://../x
-        return (base / rest).as_uri()
-    return url
+    matter; absolute paths and other schemes are returned unchanged.  The URL is read by
+    the filesystem registry and the local backend's own parser (one parser for URLs)."""
+    # imported here: the registry imports this module for its settings types
+    from csvbridge.filesystems.local import local_path
+    from csvbridge.filesystems.registry import protocol_of
+
+    if protocol_of(url) != "file":
+        return url
+    is_uri = "://" in url
+    path = Path(local_path(url) if is_uri else url).expanduser()
+    if path.is_absolute():
+        return url if is_uri else str(path)
+    resolved = base / path
+    return resolved.as_uri() if is_uri else str(resolved)

@@ -36,7 +36,7 @@ from csvbridge.drops.lock import PassLock
 from csvbridge.drops.outcome import FileOutcome, LeftForRetry, PassSummary, SourceResult
 from csvbridge.drops.stages import Stages, name_problem
 from csvbridge.errors import StopsRun
-from csvbridge.filesystems import FileInfo, FileSystem, filesystem_for
+from csvbridge.filesystems import Connections, FileInfo, FileSystem, Skipped
 from csvbridge.observe import Metrics
 from csvbridge.report import FileState
 
@@ -71,8 +71,11 @@ class Runner:
         self.seen: dict[str, dict[str, tuple[int, float | None, int, float]]] = {}
         self.warned: set[tuple[str, str]] = set()  # (source, name) skipped with a warning
         self.last_error: str | None = None
+        # one session per source across polls (SFTP/FTP keep their login while healthy)
+        self.connections = Connections()
 
     def close(self) -> None:
+        self.connections.close()
         self.ledger.close()
 
     # ------------------------------------------------------------------ a pass
@@ -98,7 +101,7 @@ class Runner:
         ``result.error`` with its reason (never a traceback); `StopsRun` errors go up."""
         result = SourceResult(source.name)
         try:
-            with filesystem_for(source) as fs:
+            with self.connections.lease(source) as fs:
                 stages = Stages()
                 stages.prepare(fs, create=source.create_missing)
                 work = FileWork(
@@ -161,18 +164,51 @@ class Runner:
         problem = name_problem(f.name)
         if problem is None:
             return True
-        key = (source.name, f.name)
-        if key not in self.warned:
-            self.warned.add(key)
-            self.metrics.inc("errors_total", source=source.name, kind="UnsafeFileName")
-            log.warning("%s: %r left where it is: %s", source.name, f.name, problem)
-        result.files.append(FileOutcome(f.name, source.name, FileState.SKIPPED, reason=problem))
+        self._skip(source, result, f.name, problem, kind="UnsafeFileName")
         return False
+
+    def _skip(
+        self, source: SourceSettings, result: SourceResult, name: str, reason: str, *, kind: str
+    ) -> None:
+        """Account for an entry left where it is: a SKIPPED outcome every pass, a warning
+        naming it the first time (then DEBUG, so a daemon does not flood its log)."""
+        key = (source.name, name)
+        first = key not in self.warned
+        if first:
+            self.warned.add(key)
+            self.metrics.inc("errors_total", source=source.name, kind=kind)
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "%s: %r left where it is: %s",
+            source.name,
+            name,
+            reason,
+        )
+        result.files.append(FileOutcome(name, source.name, FileState.SKIPPED, reason=reason))
+
+    def _listed(
+        self, fs: FileSystem, folder: str, source: SourceSettings, result: SourceResult | None
+    ) -> list[FileInfo]:
+        """The regular files of `folder`; every entry the filesystem would not hand out
+        (link, FIFO, device, socket, a name that could reach outside the drop) is
+        accounted for in `result` with its kind and reason."""
+        listing = fs.scan(folder)
+        if result is not None:
+            for entry in listing.skipped:
+                self._skip_entry(source, result, entry)
+        return listing.files
+
+    def _skip_entry(self, source: SourceSettings, result: SourceResult, entry: Skipped) -> None:
+        if entry.name.startswith("."):
+            return  # hidden entries are never candidates, whatever they are
+        kind = "NotRegularFile" if entry.kind != "file" else "UnsafeFileName"
+        reason = entry.reason if entry.kind == "file" else f"{entry.kind}: {entry.reason}"
+        self._skip(source, result, entry.name, reason, kind=kind)
 
     def _resumable(
         self, fs: FileSystem, source: SourceSettings, stages: Stages, result: SourceResult
     ) -> list[FileInfo]:
-        files = [f for f in fs.list(stages.folder("processing")) if not f.is_dir]
+        files = self._listed(fs, stages.folder("processing"), source, result)
         files = [f for f in files if not f.name.startswith(".")]
         files = [f for f in files if self._usable(source, f, result)]
         return sorted(files, key=lambda f: (f.mtime or 0, f.name))
@@ -181,13 +217,13 @@ class Runner:
         self, fs: FileSystem, source: SourceSettings, result: SourceResult, settle: bool
     ) -> list[FileInfo]:
         """Files of the drop that are complete, oldest first."""
-        listing = [f for f in fs.list("") if not f.is_dir]
+        listing = self._listed(fs, "", source, result)
         names = {f.name for f in listing}
         memory = self.seen.setdefault(source.name, {})
         if settle and source.stable_polls > 0:
             first = {f.name: (f.size, f.mtime) for f in listing}
             self.stop.wait(min(SETTLE_SECONDS, source.poll_interval_seconds))
-            listing = [f for f in fs.list("") if not f.is_dir]
+            listing = self._listed(fs, "", source, None)
             stable = {f.name for f in listing if first.get(f.name) == (f.size, f.mtime)}
         else:
             # A poll only counts as a stability poll when it comes at least as long after
@@ -219,14 +255,33 @@ class Runner:
                 continue
             if not self._usable(source, f, result):
                 continue
-            if f.name not in stable:
-                continue
-            if f.mtime is not None and now - f.mtime < source.min_age_seconds:
-                continue
-            if source.done_marker and marker_for(f.name, names) is None:
+            why = self._not_yet(f, source, stable, names, memory, now)
+            if why:
+                log.debug("%s: %r not taken yet: %s", source.name, f.name, why)
                 continue
             ready.append(f)
         return sorted(ready, key=lambda f: (f.mtime or 0, f.name))
+
+    @staticmethod
+    def _not_yet(
+        f: FileInfo,
+        source: SourceSettings,
+        stable: set[str],
+        names: set[str],
+        memory: dict[str, tuple[int, float | None, int, float]],
+        now: float,
+    ) -> str | None:
+        """Why a complete-looking file is not taken on this poll (None: take it); logged
+        at DEBUG, so "why is my file not picked up?" has an answer (clock skew, a writer
+        still appending, a marker never sent)."""
+        if f.name not in stable:
+            polls = memory[f.name][2] if f.name in memory else 0
+            return f"size or mtime still changing ({polls} of {source.stable_polls} stable polls)"
+        if f.mtime is not None and now - f.mtime < source.min_age_seconds:
+            return f"{now - f.mtime:.0f} s old, min_age_seconds is {source.min_age_seconds:g}"
+        if source.done_marker and marker_for(f.name, names) is None:
+            return f"waiting for its done marker ({f.name}{MARKER_SUFFIX} or <stem>{MARKER_SUFFIX})"
+        return None
 
 
 # ---------------------------------------------------------------------- entry point
