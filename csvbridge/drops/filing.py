@@ -162,12 +162,13 @@ class FileWork:
                 return self._duplicate(path, name, known)
             entry = self.ledger.begin(self.source.name, name, size, local.stat().st_mtime, sha)
             before = self.ledger.accepted_ids(entry.id)
+            events_before = self.ledger.sent_event_ids(entry.id)
         except (StopsRun, LeftForRetry):
             raise
         except Exception as exc:  # the ledger or the drop failed, not the file
             raise self._retry(name, reason_of(exc)) from None
         try:
-            outcome = self._convert_and_ship(local, name, work, entry.id, before)
+            outcome = self._convert_and_ship(local, name, work, entry.id, before, events_before)
         except (StopsRun, LeftForRetry):
             raise
         except (TransientError, OSError) as exc:  # disk full, ledger gone, feed refused...
@@ -183,10 +184,19 @@ class FileWork:
         return self._file_away(path, name, outcome, entry)
 
     def _convert_and_ship(
-        self, local: Path, name: str, work: Path, file_id: int, before: set[str]
+        self,
+        local: Path,
+        name: str,
+        work: Path,
+        file_id: int,
+        before: set[str],
+        events_before: set[str],
     ) -> Outcome:
         def on_accepted(batch_no: int, accepted: list[str], rejected: list[str]) -> None:
             self.ledger.record_batch(file_id, batch_no, accepted, rejected)
+
+        def on_events(batch_no: int, sent: list[str], rejected: list[str]) -> None:
+            self.ledger.record_events(file_id, batch_no, sent, rejected)
 
         outcome = process_file(
             local,
@@ -199,8 +209,11 @@ class FileWork:
             progress=self.progress,
             accepted_before=before,
             on_accepted=on_accepted,
+            events_before=events_before,
+            on_events=on_events,
         )
-        outcome.report.shipped_by_earlier_attempts = len(before)
+        if "api" in self.source.sinks:
+            outcome.report.shipped_by_earlier_attempts = len(before)
         return outcome
 
     def _filed_but_not_moved(self, path: str, name: str, known: FileEntry) -> bool:
@@ -269,7 +282,11 @@ class FileWork:
             reason=outcome.reason if outcome.state is FileState.FAILED else None,
         )
         if outcome.state is FileState.PROCESSING:
-            out.reason = r.outputs.get("shipment_stopped") or "not everything was shipped yet"
+            out.reason = (
+                r.outputs.get("shipment_stopped")
+                or r.outputs.get("events_stopped")
+                or "not everything was shipped yet"
+            )
             return out  # stays in processing/ until everything is shipped
         stage = "failed" if outcome.state is FileState.FAILED else "done"
         delete = stage == "done" and self.source.on_success == "delete"

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 from csvbridge.config import Settings, SourceSettings
 from csvbridge.drops.filing import MARKER_SUFFIX, FileWork, marker_for, reason_of
+from csvbridge.drops.inboxes import commercehq_inbox, ftp_homes, kind_of, pull_commercehq
 from csvbridge.drops.ledger import Ledger
 from csvbridge.drops.lock import PassLock
 from csvbridge.drops.outcome import FileOutcome, LeftForRetry, PassSummary, SourceResult
@@ -101,23 +102,10 @@ class Runner:
         ``result.error`` with its reason (never a traceback); `StopsRun` errors go up."""
         result = SourceResult(source.name)
         try:
-            with self.connections.lease(source) as fs:
-                stages = Stages()
-                stages.prepare(fs, create=source.create_missing)
-                work = FileWork(
-                    self.settings, self.ledger, fs, source, stages, self.stop, self.progress
-                )
-                for info in self._resumable(fs, source, stages, result):
-                    if self.stop.is_set() or result.unfinished:
-                        break
-                    self._handle(work, result, info, claimed=True)
-                # a file not completely shipped is resumed first next time; newer files
-                # wait for it, or their updates would be overwritten by its older data
-                if not result.unfinished:
-                    for info in self._ready(fs, source, result, settle):
-                        if self.stop.is_set() or result.unfinished:
-                            break
-                        self._handle(work, result, info, claimed=False)
+            for drop in self._drops_of(source, result):
+                if self.stop.is_set() or result.unfinished:
+                    break
+                self._run_drop(drop, result, settle=settle)
         except StopsRun:
             raise  # a configuration fix, shared by every source: the run stops
         except LeftForRetry as exc:
@@ -127,9 +115,48 @@ class Runner:
         except Exception as exc:
             self._source_failed(source, result, exc, reason_of(exc))
         else:
-            if not result.unfinished:
+            if not (result.unfinished or result.error):
                 self.metrics.set("last_success_timestamp_seconds", self.clock(), source=source.name)
         return result
+
+    def _drops_of(self, source: SourceSettings, result: SourceResult) -> list[SourceSettings]:
+        """The local or remote folders to handle for `source`: itself for a drop; for a
+        Commerce HQ source its inbox, after pulling into it (a failed pull is an error of
+        the source, and what was pulled before it is still processed); for the embedded
+        FTP drop each user's home."""
+        kind = kind_of(source)
+        if kind == "ftpserver":
+            return ftp_homes(source)
+        if kind != "commercehq":
+            return [source]
+        try:
+            result.pulled = pull_commercehq(self.settings, source, self.ledger, self.stop)
+            log.info("source %s: %s", source.name, result.pulled.describe())
+        except StopsRun:
+            raise
+        except Exception as exc:  # 401/403 (SourceAuthError), retries used up...
+            self._source_failed(source, result, exc, reason_of(exc))
+        return [commercehq_inbox(self.settings, source)]
+
+    def _run_drop(self, source: SourceSettings, result: SourceResult, *, settle: bool) -> None:
+        """One folder: resume what is in processing/, then take the ready files."""
+        with self.connections.lease(source) as fs:
+            stages = Stages()
+            stages.prepare(fs, create=source.create_missing)
+            work = FileWork(
+                self.settings, self.ledger, fs, source, stages, self.stop, self.progress
+            )
+            for info in self._resumable(fs, source, stages, result):
+                if self.stop.is_set() or result.unfinished:
+                    break
+                self._handle(work, result, info, claimed=True)
+            # a file not completely shipped is resumed first next time; newer files
+            # wait for it, or their updates would be overwritten by its older data
+            if not result.unfinished:
+                for info in self._ready(fs, source, result, settle):
+                    if self.stop.is_set() or result.unfinished:
+                        break
+                    self._handle(work, result, info, claimed=False)
 
     def _source_failed(
         self, source: SourceSettings, result: SourceResult, exc: BaseException, reason: str
