@@ -139,3 +139,36 @@ def test_stage_and_report_names_are_derived_by_the_filesystem_layer() -> None:
     name = "y" * 222 + ".csv"
     assert len(report_name(name).encode()) <= 255
     assert report_name("orders.csv") == "orders.csv.report.json"
+
+
+def test_a_version_2_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Migration 3 (events, cursors) on a ledger written by the previous release."""
+    import sqlite3
+
+    from csvbridge.drops.ledger import Ledger
+    from csvbridge.drops.ledger_rows import MIGRATIONS
+
+    path = tmp_path / "ledger.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
+    for version in (1, 2):
+        for statement in MIGRATIONS[version]:
+            con.execute(statement)
+        con.execute("INSERT INTO schema_version VALUES (?, 0)", (version,))
+    con.execute(
+        "INSERT INTO files (source, name, size, mtime, sha256, fingerprint, status, "
+        "started_at) VALUES ('shop', 'old.csv', 1, 0, 'ab', 'ab:1', 'processing', 0)"
+    )
+    con.execute("INSERT INTO conversions VALUES (1, 'A', 'accepted', 1, 1)")
+    con.commit()
+    con.close()
+    with Ledger(path) as ledger:
+        assert ledger.schema_version == 3
+        assert ledger.accepted_ids(1) == {"A"}  # the bulk API's progress is kept
+        assert ledger.sent_event_ids(1) == set()  # and owes the events sink everything
+        ledger.record_events(1, 1, ["A", "B"], ["C"])
+        ledger.set_cursor("chq", '{"page": 2}')
+    with Ledger(path) as ledger:
+        assert ledger.sent_event_ids(1) == {"A", "B"}
+        assert ledger.accepted_ids(1) == {"A"}  # one sink never marks the other's ids
+        assert ledger.get_cursor("chq") == '{"page": 2}' and ledger.get_cursor("x") is None

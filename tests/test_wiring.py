@@ -362,3 +362,18 @@ def test_the_emulator_command_also_serves_both_stand_ins() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_the_events_sink_is_configured_from_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "csvbridge.yaml"
+    config.write_text("sinks: [api, events]\n", encoding="utf-8")
+    env = {
+        "CSVBRIDGE_EVENTS_URL": "http://127.0.0.1:9/",
+        "CSVBRIDGE_EVENTS_SITE_ID": "77",
+        "CSVBRIDGE_EVENTS_TOKEN": "  env-Source-Key-99\n",
+    }
+    settings = load_settings(config, env=env)
+    assert settings.sinks == ["api", "events"]
+    assert settings.events.base_url == "http://127.0.0.1:9" and settings.events.site_id == "77"
+    assert settings.events.token.get_secret_value() == "env-Source-Key-99"  # stripped
+    assert "env-Source-Key-99" not in repr(settings)

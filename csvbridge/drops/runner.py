@@ -13,6 +13,12 @@ For each configured source, a pass
 4. handles each (`filing.FileWork`): claim into ``processing/``, convert, ship, file
    away into ``done/`` or ``failed/`` with its report.
 
+Sources that are not folders become local drops first (`csvbridge.drops.inboxes`): a
+Commerce HQ source pulls what changed since its cursor (kept in the ledger) into an
+inbox, the embedded FTP drop's user homes are handled one by one; their files are
+complete when they appear, so they are taken at once.  Remote drops keep one session
+across polls (`Connections`).
+
 A bad file never stops the pass: it goes to ``failed/`` with its report.  An error of a
 source (unreachable, unwritable, a listing refused) is logged with its reason, counted
 and shown by ``/healthz``, and the pass goes on with the other sources.  A failure of
