@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
 
 from csvbridge.sinks.events import EventsSettings, send_events  # noqa: E402
-from csvbridge.testing.emulator import sample_records  # noqa: E402
+from csvbridge.testing.sample_objects import sample_records  # noqa: E402
 from csvbridge.testing.tracking import TrackingStandIn  # noqa: E402
 
 

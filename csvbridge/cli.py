@@ -174,18 +174,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
+    from csvbridge.testing.commercehq import CommerceHQStandIn
     from csvbridge.testing.emulator import run_emulator
+    from csvbridge.testing.tracking import TrackingStandIn
 
-    run_emulator(
-        host=args.host,
-        port=args.port,
-        token=args.token,
-        site_id=args.site,
-        speed=args.speed,
-        fail_rate=args.fail_rate,
-        drop_rate=args.drop_rate,
-        slow_rate=args.slow_rate,
+    # the other two APIs csvbridge talks to, on free ports beside the bulk API emulator
+    tracking = TrackingStandIn(args.host, 0, site_id=args.site).start()
+    shop = CommerceHQStandIn(args.host, 0, orders=args.orders).start()
+    print(
+        f"tracking API stand-in on {tracking.url} (events: CSVBRIDGE_EVENTS_URL={tracking.url} "
+        f"CSVBRIDGE_EVENTS_SITE_ID={tracking.site_id} CSVBRIDGE_EVENTS_TOKEN={tracking.token})"
     )
+    print(
+        f"Commerce HQ stand-in on {shop.url} (source url: "
+        f"commercehq+http://{shop.host}:{shop.port}, "
+        f"api_key: {shop.api_key}, api_password: {shop.api_password})",
+        flush=True,
+    )
+    try:
+        run_emulator(
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            site_id=args.site,
+            speed=args.speed,
+            fail_rate=args.fail_rate,
+            drop_rate=args.drop_rate,
+            slow_rate=args.slow_rate,
+        )
+    finally:
+        shop.stop()
+        tracking.stop()
+    return EXIT_OK
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """A password hash for the embedded FTP drop's ``users[].password_hash``."""
+    import getpass
+
+    from csvbridge.drops.ftpserver import hash_password
+
+    password = getpass.getpass("password for the FTP drop user: ")
+    if not password or password != getpass.getpass("again: "):
+        print("csvbridge: the passwords are empty or differ", file=sys.stderr)
+        return EXIT_USAGE
+    print(hash_password(password))
     return EXIT_OK
 
 
@@ -214,9 +247,7 @@ def _add_convert_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="extract the distinct products of a conversions export",
     )
-    p.add_argument(
-        "--workers", type=_positive_int, help="worker processes (default: one per CPU)"
-    )
+    p.add_argument("--workers", type=_positive_int, help="worker processes (default: one per CPU)")
     p.add_argument("--config", type=Path, help="csvbridge config file (YAML)")
 
 
@@ -263,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", help="where to put the demo drop (default: a temporary folder)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("emulator", help="run the built-in bulk API emulator")
+    p = sub.add_parser(
+        "emulator", help="run the bulk API emulator and the tracking and Commerce HQ stand-ins"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8080)
     p.add_argument("--token", default="emulator-token")
@@ -272,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of 500 answers")
     p.add_argument("--drop-rate", type=float, default=0.0, help="share of dropped connections")
     p.add_argument("--slow-rate", type=float, default=0.0, help="share of slow answers")
+    p.add_argument(
+        "--orders", type=int, default=120, help="orders in the Commerce HQ stand-in's shop"
+    )
     p.set_defaults(func=cmd_emulator)
 
     p = sub.add_parser("debug", help="look inside a conversion")
@@ -281,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mapping", type=Path, help="YAML mapping for exports with their own headers")
     p.add_argument("--kind", choices=("conversions", "products"), default="conversions")
     p.set_defaults(func=cmd_debug_codegen)
+
+    p = sub.add_parser(
+        "hash-password", help="hash a password for the embedded FTP drop (users[].password_hash)"
+    )
+    p.set_defaults(func=cmd_hash_password)
     return parser
 
 

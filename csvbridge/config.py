@@ -2,9 +2,9 @@
 
 Everything a run needs is one `Settings` object.  Secrets are `SecretStr` so that they
 print as ``**********`` in logs, reprs and reports.  Values in the YAML may reference the
-environment as ``${NAME}`` (``password: ${FTP_PASSWORD}``), and three variables override
-the API settings directly: ``CSVBRIDGE_API_URL``, ``CSVBRIDGE_SITE_ID``,
-``CSVBRIDGE_TOKEN``.  See ``config.example.yaml`` for every key, documented.
+environment as ``${NAME}`` (``password: ${FTP_PASSWORD}``), and variables override the
+API settings directly: ``CSVBRIDGE_API_URL``, ``CSVBRIDGE_SITE_ID``, ``CSVBRIDGE_TOKEN``
+(and the events sink's: ``CSVBRIDGE_EVENTS_URL``, ``_EVENTS_SITE_ID``, ``_EVENTS_TOKEN``).  See ``config.example.yaml`` for every key, documented.
 """
 
 from __future__ import annotations
@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from csvbridge.drops.ftpserver import FtpDropSettings
 from csvbridge.errors import ConfigError
 from csvbridge.read.limits import DEFAULT_LIMITS as _LIMITS
 from csvbridge.redaction import register_secret
@@ -32,7 +41,7 @@ def _strip_secret(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
-SinkName = Literal["api", "feed"]
+SinkName = Literal["api", "feed", "events"]
 
 
 class _Section(BaseModel):
@@ -72,6 +81,46 @@ class ApiSettings(_Section):
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     _strip_token = field_validator("token", mode="before")(_strip_secret)
+
+
+# The tracking API's documented limits: 32 KB per event, 500 KB per batch request.  "KB"
+# is not defined: we pack to the smaller reading (1000 bytes) so either reading holds.
+MAX_EVENT_BYTES = 32_000
+MAX_BATCH_BYTES = 500_000
+
+
+class EventsSettings(_Section):
+    """The ``events`` sink: ``purchase`` events to the HTTP tracking API
+    (`csvbridge.sinks.events`)."""
+
+    base_url: str = "https://collect.commander1.com"
+    site_id: str = ""
+    token: SecretStr = SecretStr("")  # the source key
+    batch: bool = True  # POST /events/batch; False: one POST /events per event
+    max_event_bytes: int = Field(MAX_EVENT_BYTES, ge=256, le=32 * 1024)
+    max_batch_bytes: int = Field(MAX_BATCH_BYTES, ge=1024, le=500 * 1024)
+    max_events_per_batch: int = Field(500, ge=1)  # undocumented maximum: stay modest
+    requests_per_second: float = Field(100, gt=0, lt=500)  # documented guideline: < 500
+    timeout_seconds: float = Field(30, gt=0)
+    max_attempts: int = Field(8, ge=1)
+    backoff_base_seconds: float = Field(0.5, gt=0)
+    backoff_max_seconds: float = Field(60, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @field_validator("site_id", mode="before")
+    @classmethod
+    def _site_id_as_text(cls, v: object) -> object:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _token(cls, v: object) -> object:
+        """Stripped like every secret; ``null`` (the sink unused) is no key."""
+        return "" if v is None else _strip_secret(v)
 
 
 class ConvertSettings(_Section):
@@ -153,10 +202,33 @@ class SourceSettings(_Section):
     poll_interval_seconds: float = 30
     on_success: Literal["move", "delete"] = "move"
     convert: ConvertSettings = ConvertSettings()
+    # Commerce HQ (url: commercehq://STORE_HOST): the API key and password (Basic auth),
+    # the store's currency (orders carry none), list page size, and how far each pass
+    # re-reads before the previous one (orders stamped before they became visible)
+    api_key: SecretStr | None = None
+    api_password: SecretStr | None = None
+    currency: str = "USD"
+    page_size: int = Field(50, ge=1, le=250)
+    overlap_seconds: int = Field(300, ge=0)
+    # the embedded FTP drop (url: ftpserver://0.0.0.0:2121/): users, TLS, homes...
+    ftpserver: FtpDropSettings | None = None
 
-    _strip_secrets = field_validator("password", "private_key_passphrase", mode="before")(
-        _strip_secret
-    )
+    _strip_secrets = field_validator(
+        "password", "private_key_passphrase", "api_key", "api_password", mode="before"
+    )(_strip_secret)
+
+    @model_validator(mode="after")
+    def _needs_its_section(self) -> SourceSettings:
+        """An API source without its credentials, or an FTP drop without its users, is a
+        configuration error at load time, not at the first pass."""
+        from csvbridge.filesystems.registry import protocol_of  # it imports this module
+
+        scheme = protocol_of(self.url)
+        if scheme.startswith("commercehq") and not (self.api_key and self.api_password):
+            raise ValueError("a Commerce HQ source needs api_key and api_password")
+        if scheme == "ftpserver" and self.ftpserver is None:
+            raise ValueError("an ftpserver:// source needs an `ftpserver:` section (users...)")
+        return self
 
 
 class StateSettings(_Section):
@@ -180,6 +252,7 @@ class Settings(_Section):
     api: ApiSettings = ApiSettings()
     convert: ConvertSettings = ConvertSettings()
     feed: FeedSettings = FeedSettings()
+    events: EventsSettings = EventsSettings()
     sources: list[SourceSettings] = []
     state: StateSettings = StateSettings()
     logging: LogSettings = LogSettings()
@@ -191,6 +264,9 @@ ENV_OVERRIDES = {
     "CSVBRIDGE_API_URL": ("api", "base_url"),
     "CSVBRIDGE_SITE_ID": ("api", "site_id"),
     "CSVBRIDGE_TOKEN": ("api", "token"),
+    "CSVBRIDGE_EVENTS_URL": ("events", "base_url"),
+    "CSVBRIDGE_EVENTS_SITE_ID": ("events", "site_id"),
+    "CSVBRIDGE_EVENTS_TOKEN": ("events", "token"),
 }
 
 
@@ -261,8 +337,9 @@ def register_secrets(settings: Settings) -> None:
     """Hand every secret of `settings` to the log redactor as soon as it is known, so even
     an error raised before a client is built cannot print one."""
     values = [settings.api.token, settings.feed.password, settings.feed.private_key_passphrase]
+    values.append(settings.events.token)
     for src in settings.sources:
-        values += [src.password, src.private_key_passphrase]
+        values += [src.password, src.private_key_passphrase, src.api_key, src.api_password]
     for value in values:
         if value is not None:
             register_secret(value.get_secret_value())
@@ -290,6 +367,11 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         src.private_key = fix(src.private_key)
         src.known_hosts = fix(src.known_hosts)
         src.ca_file = fix(src.ca_file)
+        if src.ftpserver is not None:
+            drop = src.ftpserver
+            drop.root = fix(drop.root)  # type: ignore[assignment]
+            drop.tls_cert, drop.tls_key = fix(drop.tls_cert), fix(drop.tls_key)
+            drop.quarantine_dir = fix(drop.quarantine_dir)
     settings.feed.target = _local_url(settings.feed.target, base)
     settings.feed.private_key = fix(settings.feed.private_key)
     settings.feed.known_hosts = fix(settings.feed.known_hosts)
@@ -300,11 +382,17 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
 def _local_url(url: str, base: Path) -> str:
     """A relative local location (``drop``, ``./feeds``, ``file://./feeds``) made absolute
     against `base`, the config file's folder, so cron's working directory does not
-    matter; absolute paths and remote URLs are returned unchanged."""
-    if "://" not in url:
-        path = Path(url).expanduser()
-        return str(path if path.is_absolute() else base / path)
-    scheme, rest = url.split("://", 1)
-    if scheme.lower() == "file" and rest.startswith("."):  # file://./feeds, file://../x
-        return (base / rest).as_uri()
-    return url
+    matter; absolute paths and other schemes are returned unchanged.  The URL is read by
+    the filesystem registry and the local backend's own parser (one parser for URLs)."""
+    # imported here: the registry imports this module for its settings types
+    from csvbridge.filesystems.local import local_path
+    from csvbridge.filesystems.registry import protocol_of
+
+    if protocol_of(url) != "file":
+        return url
+    is_uri = "://" in url
+    path = Path(local_path(url) if is_uri else url).expanduser()
+    if path.is_absolute():
+        return url if is_uri else str(path)
+    resolved = base / path
+    return resolved.as_uri() if is_uri else str(resolved)

@@ -30,7 +30,7 @@ from csvbridge.errors import (
 from csvbridge.files import move_into_place, open_private, write_bytes
 from csvbridge.fold.assemble import Record
 from csvbridge.fold.engine import Converted, convert, read_records, write_rejects
-from csvbridge.report import FileState, Problem, Report
+from csvbridge.report import EventCounts, FileState, Problem, Report
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,16 @@ def process_file(
     stop: threading.Event | None = None,
     accepted_before: set[str] | None = None,
     on_accepted: Callable[[int, list[str], list[str]], None] | None = None,
+    events_before: set[str] | None = None,
+    on_events: Callable[[int, list[str], list[str]], None] | None = None,
 ) -> Outcome:
     """Convert `path` and deliver it; returns the outcome with a complete report.
 
     ``accepted_before`` holds ids an earlier attempt already delivered (from the ledger);
     ``on_accepted(batch_no, accepted_ids, rejected_ids)`` is called as soon as the API
     answered a batch, so the caller can make it durable before anything else happens.
+    ``events_before`` / ``on_events`` do the same for the ``events`` sink, apart: an id
+    the bulk API has may still be owed to the tracking API, and the other way round.
     """
     sinks = sinks or ["api"]
     try:
@@ -149,16 +153,23 @@ def process_file(
         incomplete = _ship(
             done, settings, report, kind, progress, stop, accepted_before or set(), on_accepted
         )
-    elif "feed" in sinks:
+    if "events" in sinks:
+        events_incomplete = _send_events(
+            done, settings, report, stop, events_before or set(), on_events,
+            counts_as_shipped="api" not in sinks,
+        )  # fmt: skip
+        incomplete = incomplete or events_incomplete
+    elif "feed" in sinks and "api" not in sinks:
         report.objects_shipped = report.objects_valid
         report.rows_shipped = report.rows_converted
     rejects = None
-    if report.objects_rejected or report.objects_rejected_by_api:
+    events_rejected = report.events.rejected if report.events is not None else 0
+    if report.objects_rejected or report.objects_rejected_by_api or events_rejected:
         rejects = work / "rejects.csv"
         write_rejects(done, path, rejects)
     if incomplete:
         state = FileState.PROCESSING
-    elif report.objects_rejected or report.objects_rejected_by_api:
+    elif report.objects_rejected or report.objects_rejected_by_api or events_rejected:
         state = FileState.FAILED
     else:
         state = FileState.DONE
@@ -253,6 +264,68 @@ def _ship(
     if result.aborted:
         report.outputs["shipment_stopped"] = result.aborted
     return bool(result.not_shipped)
+
+
+def _send_events(
+    done: Converted,
+    settings: Settings,
+    report: Report,
+    stop: threading.Event | None,
+    sent_before: set[str],
+    on_events: Callable[[int, list[str], list[str]], None] | None,
+    *,
+    counts_as_shipped: bool,
+) -> bool:
+    """One ``purchase`` event per valid object to the tracking API; True when some were
+    not sent (retry later).  With ``events`` as the only delivering sink its counts are
+    also the file's shipped / rejected / not shipped counts, so the report adds up."""
+    from csvbridge.sinks.events import EventBatch, send_events
+
+    counts = report.events = EventCounts()
+
+    def on_batch(batch: EventBatch) -> None:  # durable before the next request
+        if on_events is not None:
+            on_events(batch.batch_no, batch.sent_ids, batch.rejected_ids)
+
+    try:
+        result = send_events(
+            read_records(done.ndjson, done.index),
+            settings.events,
+            skip_ids=sent_before,
+            on_batch=on_batch,
+            stop=stop,
+        )
+    except CsvBridgeError as exc:  # 401/403, no site id: count what was not sent, re-raise
+        partial = getattr(exc, "result", None)
+        counts.not_sent = len(partial.not_sent) if partial is not None else 0
+        raise
+    counts.sent = result.sent + result.skipped
+    counts.sent_by_earlier_attempts = result.skipped
+    counts.rejected = len(result.rejected)
+    counts.not_sent = len(result.not_sent)
+    counts.requests = result.requests
+    with open_private(done.rejected, "a", encoding="utf-8") as f:
+        for record, problems in result.rejected:  # EVENT_TOO_LARGE, HTTP_400...
+            for p in problems:
+                p.lines = p.lines or record.lines
+                report.problems.add(p)
+            first = problems[0] if problems else None
+            reason = f"events {first.code}: {first.detail}" if first else "event rejected"
+            f.write(f"{','.join(map(str, record.lines))}\t{reason}\n")
+    report.outputs["events"] = result.summary()
+    if result.aborted:
+        report.outputs["events_stopped"] = result.aborted
+    if counts_as_shipped:
+        rejected_rows = sum(len(r.lines) for r, _ in result.rejected)
+        not_sent_rows = sum(len(r.lines) for r in result.not_sent)
+        report.objects_shipped = counts.sent
+        report.objects_rejected_by_api = counts.rejected
+        report.objects_not_shipped = counts.not_sent
+        report.shipped_by_earlier_attempts = counts.sent_by_earlier_attempts
+        report.rows_rejected_by_api = rejected_rows
+        report.rows_not_shipped = not_sent_rows
+        report.rows_shipped = report.rows_converted - rejected_rows - not_sent_rows
+    return bool(result.not_sent)
 
 
 def _not_shipped(report: Report, records: list[Record]) -> None:

@@ -158,6 +158,27 @@ class ProblemLog:
 
 
 @dataclass
+class EventCounts:
+    """The ``events`` sink's part of a file (purchase events to the tracking API): each
+    valid object is sent, rejected (EVENT_TOO_LARGE, HTTP 400) or not sent yet."""
+
+    sent: int = 0  # over every attempt
+    sent_by_earlier_attempts: int = 0
+    rejected: int = 0
+    not_sent: int = 0
+    requests: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "sent": self.sent,
+            "sent_by_earlier_attempts": self.sent_by_earlier_attempts,
+            "rejected": self.rejected,
+            "not_sent": self.not_sent,
+            "requests": self.requests,
+        }
+
+
+@dataclass
 class Report:
     """What happened to one source file (or stdin)."""
 
@@ -179,6 +200,7 @@ class Report:
     # objects of objects_shipped that an earlier, interrupted attempt already delivered
     shipped_by_earlier_attempts: int = 0
     duplicate_of: str | None = None  # same content already processed: "source/name (#id)"
+    events: EventCounts | None = None  # set when the events sink ran
     duration_seconds: float = 0.0
     dialect: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
@@ -214,6 +236,7 @@ class Report:
             # of the shipped objects, those an earlier interrupted attempt delivered
             "shipped_by_earlier_attempts": self.shipped_by_earlier_attempts,
             "duplicate_of": self.duplicate_of,
+            **({"events": self.events.as_dict()} if self.events is not None else {}),
             "accounted": self.accounted,
             "dialect": self.dialect,
             "outputs": self.outputs,
@@ -239,6 +262,9 @@ class Report:
                 f"  shipped {self.objects_shipped}, rejected by the API "
                 f"{self.objects_rejected_by_api}, not shipped {self.objects_not_shipped}"
             )
+        if self.events is not None:
+            e = self.events
+            lines.append(f"  events: sent {e.sent}, rejected {e.rejected}, not sent {e.not_sent}")
         for e in self.problems.errors[:10]:
             lines.append(_short("error", e))
         for w in self.problems.warnings[:5]:

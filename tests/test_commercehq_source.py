@@ -255,8 +255,12 @@ def test_updates_while_the_update_list_is_paged(standin, tmp_path):
 
 def test_changes_that_become_visible_late_are_taken_by_the_overlap(standin, tmp_path):
     """A change stamped before the previous pass began, but committed (visible) after it
-    read that part of the list: the overlap window re-reads it, `seen` dedupes the rest."""
-    chq = standin(orders=300, seed=12)
+    read that part of the list: the overlap window re-reads it, `seen` dedupes the rest.
+
+    The stand-in's clock is frozen (moved only by `advance`): on a loaded machine the
+    pass used to straddle a second, so `now()` read after it was one past the watermark."""
+    frozen = time.time()
+    chq = standin(orders=300, seed=12, clock=lambda: frozen)
     with client_for(chq, overlap_seconds=120) as client:
         first = client.pull(tmp_path / "p1")
         watermark = first.cursor.watermark

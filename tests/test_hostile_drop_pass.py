@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from csvbridge.drops.runner import PassSummary, run_once
+from csvbridge.report import FileState
 from csvbridge.testing.emulator import Emulator
 from tests.test_runner import (
     TOKEN,
@@ -53,7 +54,11 @@ def test_fifo_and_links_in_a_drop_are_skipped_and_the_pass_completes(
     (drop / "zero.csv").symlink_to("/dev/zero")  # used to fill the disk
     summary = run_in_thread(make_settings(tmp_path, emu, local_source(drop)))
     assert summary.exit_code == 0, summary.describe()
-    assert [f["file"] for s in summary.sources for f in s.files] == ["orders.csv"]
+    taken = [f.file for f in summary.files if f.state is not FileState.SKIPPED]
+    assert taken == ["orders.csv"]
+    skipped = {f.file: f.reason or "" for f in summary.files if f.state is FileState.SKIPPED}
+    assert sorted(skipped) == ["link.csv", "x.csv", "zero.csv"]  # accounted for, by kind
+    assert skipped["x.csv"].startswith("fifo") and skipped["link.csv"].startswith("symlink")
     assert_received_exactly(emu, good)  # nothing from outside the drop
     assert sorted(p.name for p in drop.iterdir()) == [
         "done",

@@ -67,7 +67,7 @@ def test_the_example_shows_the_defaults() -> None:
     documentation (placeholders for secrets and site id aside)."""
     raw = yaml.safe_load(EXAMPLE.read_text())
     defaults = Settings()
-    for section in ("api", "convert", "feed", "state", "logging", "metrics"):
+    for section in ("api", "convert", "feed", "events", "state", "logging", "metrics"):
         model = getattr(defaults, section)
         for key, value in (raw.get(section) or {}).items():
             if isinstance(value, (dict, list)) or (isinstance(value, str) and "${" in value):

@@ -77,14 +77,15 @@ def test_fingerprint_includes_size() -> None:
 def test_schema_created_in_wal_mode_and_migrated_once(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "state" / "ledger.sqlite"
     with Ledger(path) as ledger:
-        assert ledger.schema_version == 2
+        assert ledger.schema_version == 3
     with Ledger(path) as ledger:  # reopening does not migrate again
-        assert ledger.schema_version == 2
+        assert ledger.schema_version == 3
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 2
+    assert con.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 3
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"schema_version", "files", "batches", "conversions", "claims"} <= tables
+    assert {"events", "cursors"} <= tables  # migration 3
     con.close()
 
 
@@ -200,7 +201,7 @@ def test_files_newest_first_and_stats(tmp_path: Path) -> None:
         assert s["files"] == {"processing": 2, "done": 2, "failed": 1}
         assert s["files_total"] == 5 and s["files_resumed"] == 1
         assert (s["rows"], s["shipped"], s["rejected"], s["not_shipped"]) == (9, 6, 2, 1)
-        assert s["batches_recorded"] == 1 and s["schema_version"] == 2
+        assert s["batches_recorded"] == 1 and s["schema_version"] == 3
         assert s["last_done_at"] == ledger.get(ids[2]).finished_at
 
 

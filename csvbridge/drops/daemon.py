@@ -1,7 +1,9 @@
 """``csvbridge watch``: the daemon, repeating passes per source until stopped.
 
 Local folders are watched with watchdog (a new file wakes the loop at once; polling
-remains the fallback); FTP/SFTP drops are polled every ``poll_interval_seconds``.  A
+remains the fallback); FTP/SFTP drops and API sources (Commerce HQ) are polled every
+``poll_interval_seconds``; the embedded FTP drop (``ftpserver://``) is started here and
+wakes the loop the moment an upload completes.  A
 source that fails is retried with exponential backoff (up to 5 minutes) and reported by
 ``/healthz`` until it recovers, while the other sources go on.  SIGTERM/SIGINT finish
 the batch in flight and exit cleanly.
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from csvbridge.config import Settings
+from csvbridge.drops.ftpserver import DroppedFile, FtpDrop
+from csvbridge.drops.inboxes import ftp_drop_settings, kind_of
 from csvbridge.drops.lock import PassLock
 from csvbridge.drops.runner import Runner
 from csvbridge.errors import CsvBridgeError, StopsRun
@@ -62,9 +66,14 @@ def watch(
             log.info("metrics on %s/metrics, health on %s/healthz", server.url, server.url)
         local = _local_folders(settings)
         observer = _watch_local(local, wake)
+        woken: set[str] = set()  # sources whose FTP drop received a file since the wake
+        drops: list[FtpDrop] = []
         try:
-            return _loop(settings, runner, local, stop, wake, max_passes)
+            drops = _start_ftp_drops(settings, wake, woken)
+            return _loop(settings, runner, local, stop, wake, max_passes, woken)
         finally:
+            for drop in drops:
+                drop.stop()
             if observer is not None:
                 observer.stop()
             if server is not None:
@@ -79,6 +88,7 @@ def _loop(
     stop: threading.Event,
     wake: threading.Event,
     max_passes: int | None,
+    woken: set[str] | None = None,
 ) -> int:
     next_due = {s.name: 0.0 for s in settings.sources}
     backoff = {s.name: 0.0 for s in settings.sources}
@@ -112,7 +122,10 @@ def _loop(
         _idle(wake, stop, delay)
         if wake.is_set():
             wake.clear()
-            for name in local:
+            uploaded = set(woken or ())
+            if woken:
+                woken.difference_update(uploaded)
+            for name in [*local, *uploaded]:
                 next_due[name] = 0.0
     return 0
 
@@ -125,6 +138,31 @@ def _idle(wake: threading.Event, stop: threading.Event, seconds: float) -> None:
         if remaining <= 0:
             return
         wake.wait(min(remaining, STOP_CHECK_SECONDS))
+
+
+def _start_ftp_drops(settings: Settings, wake: threading.Event, woken: set[str]) -> list[FtpDrop]:
+    """Start the embedded FTP drop of each ``ftpserver://`` source.  A finished upload
+    wakes the loop at once for its source: the file is taken the moment it is complete
+    (the server knows; no polling, no stability wait).  A drop that cannot start (port
+    taken, unreadable certificate) stops the daemon with its reason: nothing could
+    arrive there."""
+    started: list[FtpDrop] = []
+    for source in settings.sources:
+        if kind_of(source) != "ftpserver":
+            continue
+
+        def on_file(dropped: DroppedFile, name: str = source.name) -> None:
+            log.debug("ftp drop %s: %s complete, waking the loop", name, dropped.path.name)
+            woken.add(name)
+            wake.set()
+
+        try:
+            started.append(FtpDrop(ftp_drop_settings(source), on_file).start())
+        except BaseException:
+            for drop in started:
+                drop.stop()
+            raise
+    return started
 
 
 def _local_folders(settings: Settings) -> dict[str, Path]:

@@ -22,10 +22,17 @@ from pathlib import Path
 from csvbridge.config import Settings, SourceSettings
 from csvbridge.drops.ledger import FileEntry, Ledger, make_fingerprint, sha256_file
 from csvbridge.drops.outcome import FileOutcome, LeftForRetry
-from csvbridge.drops.stages import REPORT_SUFFIX, Stages, work_name
+from csvbridge.drops.stages import REPORT_SUFFIX, Stages
 from csvbridge.errors import CsvBridgeError, StopsRun, TransientError
 from csvbridge.files import open_private
-from csvbridge.filesystems import FileInfo, FileSystem, LocalFileSystem, normalize
+from csvbridge.filesystems import (
+    FileInfo,
+    FileSystem,
+    LocalFileSystem,
+    NotRegularFile,
+    normalize,
+    work_name,
+)
 from csvbridge.filesystems.remote import describe
 from csvbridge.pipeline import Outcome, process_file
 from csvbridge.report import FileState, Report
@@ -93,6 +100,9 @@ class FileWork:
             local = work / "source" / work_name(name)
             local.parent.mkdir(mode=0o700)
             self.fs.get(path, local)
+        except NotRegularFile as exc:  # a link or FIFO swapped in after the listing
+            shutil.rmtree(work, ignore_errors=True)
+            return self._not_a_file(info, path, claimed, exc)
         except Exception as exc:
             shutil.rmtree(work, ignore_errors=True)
             raise self._retry(name, f"cannot fetch it: {reason_of(exc)}") from None
@@ -103,10 +113,26 @@ class FileWork:
 
     # -- steps ----------------------------------------------------------------------
 
+    def _not_a_file(
+        self, info: FileInfo, path: str, claimed: bool, exc: NotRegularFile
+    ) -> FileOutcome:
+        """A skip, not a failure: what was listed as a file is now a link, a FIFO or a
+        device (swapped in after the listing).  Nothing is read through it; an entry this
+        pass moved into processing/ goes back where it was found, when that name is free."""
+        if not claimed and not self.fs.exists(info.path):
+            try:
+                self.fs.rename(path, info.path)
+            except Exception as back:  # best effort: it is skipped wherever it is
+                log.debug("could not move %r back: %s", info.name, reason_of(back))
+        self.ledger.release(self.source.name, path)
+        reason = f"not a regular file any more: {reason_of(exc)}"
+        log.warning("%s: %r skipped: %s", self.source.name, info.name, reason)
+        return FileOutcome(info.name, self.source.name, FileState.SKIPPED, reason=reason)
+
     def _claim(self, info: FileInfo) -> str | None:
         """Move a ready file into processing/, claimed in the ledger first so no other
         process resumes it; None if another process took it first."""
-        taken = {f.name for f in self.fs.list(self.stages.folder("processing"))}
+        taken = self._names(self.stages.folder("processing"))
         path = self.stages.stage_path("processing", info.name, taken)
         if self.ledger.claim(self.source.name, path) is not None:
             return None
@@ -136,12 +162,13 @@ class FileWork:
                 return self._duplicate(path, name, known)
             entry = self.ledger.begin(self.source.name, name, size, local.stat().st_mtime, sha)
             before = self.ledger.accepted_ids(entry.id)
+            events_before = self.ledger.sent_event_ids(entry.id)
         except (StopsRun, LeftForRetry):
             raise
         except Exception as exc:  # the ledger or the drop failed, not the file
             raise self._retry(name, reason_of(exc)) from None
         try:
-            outcome = self._convert_and_ship(local, name, work, entry.id, before)
+            outcome = self._convert_and_ship(local, name, work, entry.id, before, events_before)
         except (StopsRun, LeftForRetry):
             raise
         except (TransientError, OSError) as exc:  # disk full, ledger gone, feed refused...
@@ -157,10 +184,19 @@ class FileWork:
         return self._file_away(path, name, outcome, entry)
 
     def _convert_and_ship(
-        self, local: Path, name: str, work: Path, file_id: int, before: set[str]
+        self,
+        local: Path,
+        name: str,
+        work: Path,
+        file_id: int,
+        before: set[str],
+        events_before: set[str],
     ) -> Outcome:
         def on_accepted(batch_no: int, accepted: list[str], rejected: list[str]) -> None:
             self.ledger.record_batch(file_id, batch_no, accepted, rejected)
+
+        def on_events(batch_no: int, sent: list[str], rejected: list[str]) -> None:
+            self.ledger.record_events(file_id, batch_no, sent, rejected)
 
         outcome = process_file(
             local,
@@ -173,8 +209,11 @@ class FileWork:
             progress=self.progress,
             accepted_before=before,
             on_accepted=on_accepted,
+            events_before=events_before,
+            on_events=on_events,
         )
-        outcome.report.shipped_by_earlier_attempts = len(before)
+        if "api" in self.source.sinks:
+            outcome.report.shipped_by_earlier_attempts = len(before)
         return outcome
 
     def _filed_but_not_moved(self, path: str, name: str, known: FileEntry) -> bool:
@@ -243,12 +282,16 @@ class FileWork:
             reason=outcome.reason if outcome.state is FileState.FAILED else None,
         )
         if outcome.state is FileState.PROCESSING:
-            out.reason = r.outputs.get("shipment_stopped") or "not everything was shipped yet"
+            out.reason = (
+                r.outputs.get("shipment_stopped")
+                or r.outputs.get("events_stopped")
+                or "not everything was shipped yet"
+            )
             return out  # stays in processing/ until everything is shipped
         stage = "failed" if outcome.state is FileState.FAILED else "done"
         delete = stage == "done" and self.source.on_success == "delete"
         try:
-            taken = {f.name for f in self.fs.list(self.stages.folder(stage))}
+            taken = self._names(self.stages.folder(stage))
             dest, report_path, rejects_path = self.stages.stage_paths(stage, name, taken)
             written: list[str] = []
             if not delete:
@@ -287,6 +330,12 @@ class FileWork:
         return out
 
     # -- helpers --------------------------------------------------------------------
+
+    def _names(self, folder: str) -> set[str]:
+        """Every name taken in `folder`, links and FIFOs included: a new name must never
+        land on (and replace) anything already there."""
+        listing = self.fs.scan(folder)
+        return {e.name for e in listing.entries} | {e.name for e in listing.skipped}
 
     def _retry(self, name: str, reason: str) -> LeftForRetry:
         return LeftForRetry(

@@ -136,7 +136,8 @@ class FtpDropSettings(BaseModel):
         parts = urlsplit(url)
         if parts.scheme != "ftpserver":
             raise ConfigError(f"not an ftpserver:// URL: {url}")
-        return cls(host=parts.hostname or "0.0.0.0", port=parts.port or 2121, **values)
+        port = 2121 if parts.port is None else parts.port  # 0: any free port (tests)
+        return cls(host=parts.hostname or "0.0.0.0", port=port, **values)
 
 
 @dataclass(frozen=True)
@@ -455,6 +456,11 @@ class FtpDrop:
             self._dispose(stale, "left over from an earlier run")
 
     def start(self) -> FtpDrop:
+        # pyftpdlib installs its own stderr handler when it finds none: give it one that
+        # does nothing, so its lines go through csvbridge's logging setup (text or JSON,
+        # its level) instead of being printed beside it
+        if not logger.handlers:
+            logger.addHandler(logging.NullHandler())
         handler = self._handler()
         s = self.settings
         try:

@@ -324,6 +324,59 @@ class Ledger:
                 (file_id, attempt, batch_no, len(accepted), len(rejected), time.time()),
             )
 
+    def record_events(
+        self, file_id: int, batch_no: int, sent_ids: list[str], rejected_ids: list[str]
+    ) -> None:
+        """Record the tracking API's answer to one request of the ``events`` sink (one
+        transaction), before the next request: after a kill -9 only the request in flight
+        is sent again.  An id once sent stays sent."""
+        with self._write() as c:
+            row = c.execute("SELECT attempts FROM files WHERE id = ?", (file_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no file with id {file_id} in the ledger")
+            attempt = row["attempts"]
+            sent = list(dict.fromkeys(sent_ids))
+            rejected = [i for i in dict.fromkeys(rejected_ids) if i not in set(sent)]
+            c.executemany(
+                "INSERT INTO events (file_id, conversion_id, outcome, batch_no, attempt) "
+                "VALUES (?, ?, 'sent', ?, ?) ON CONFLICT (file_id, conversion_id) DO UPDATE "
+                "SET outcome = 'sent', batch_no = excluded.batch_no, "
+                "attempt = excluded.attempt WHERE outcome <> 'sent'",
+                ((file_id, i, batch_no, attempt) for i in sent),
+            )
+            c.executemany(
+                "INSERT INTO events (file_id, conversion_id, outcome, batch_no, attempt) "
+                "VALUES (?, ?, 'rejected', ?, ?) ON CONFLICT (file_id, conversion_id) "
+                "DO UPDATE SET batch_no = excluded.batch_no, attempt = excluded.attempt "
+                "WHERE outcome = 'rejected'",
+                ((file_id, i, batch_no, attempt) for i in rejected),
+            )
+
+    def sent_event_ids(self, file_id: int) -> set[str]:
+        """Ids of this file the events sink delivered, over all attempts."""
+        rows = self._read(
+            "SELECT conversion_id FROM events WHERE file_id = ? AND outcome = 'sent'",
+            (file_id,),
+        )
+        return {r[0] for r in rows}
+
+    # -- API sources ----------------------------------------------------------------
+
+    def get_cursor(self, source: str) -> str | None:
+        """The cursor an API source stored last (its own JSON), None before its first."""
+        rows = self._read("SELECT cursor FROM cursors WHERE source = ?", (source,))
+        return rows[0][0] if rows else None
+
+    def set_cursor(self, source: str, cursor: str) -> None:
+        """Store an API source's cursor (durable once this returns)."""
+        with self._write() as c:
+            c.execute(
+                "INSERT INTO cursors (source, cursor, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, "
+                "updated_at = excluded.updated_at",
+                (source, cursor, time.time()),
+            )
+
     def accepted_ids(self, file_id: int) -> set[str]:
         """Every id of this file the API accepted, over all attempts: never send these again."""
         return self._ids(file_id, "accepted")

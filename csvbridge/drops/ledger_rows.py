@@ -31,6 +31,14 @@ it with ``sqlite3 csvbridge-state/ledger.sqlite`` to look inside:
     ``file_id``, ``conversion_id``, ``outcome`` (``accepted`` | ``rejected``),
     ``batch_no``, ``attempt``.  An id accepted once stays accepted: the API has it.
 
+``events`` - the outcome of each conversion id of a file at the ``events`` sink (the
+    tracking API), kept apart from ``conversions`` (the bulk API): an id one sink has is
+    never skipped by the other.  ``file_id``, ``conversion_id``, ``outcome`` (``sent`` |
+    ``rejected``), ``batch_no``, ``attempt``.
+
+``cursors`` - where an API source (Commerce HQ) stands: ``source``, ``cursor`` (the
+    source's own JSON), ``updated_at``.  Written after each page's file is in the inbox.
+
 ``claims`` - who is working on a file in a drop's ``processing/`` folder
     ``source``, ``path`` (relative to the drop), ``owner`` (host/boot/pid/start time of
     the process), ``claimed_at``.  A claimed file is resumed by another process only
@@ -51,7 +59,7 @@ from typing import Any
 from csvbridge.report import FileState
 
 STATUSES: tuple[FileState, ...] = (FileState.PROCESSING, FileState.DONE, FileState.FAILED)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HASH_BLOCK = 1024 * 1024
 
 # Each migration is a list of single statements (executescript would commit on its own,
@@ -103,6 +111,21 @@ MIGRATIONS: dict[int, list[str]] = {
             owner       TEXT NOT NULL,
             claimed_at  REAL NOT NULL,
             PRIMARY KEY (source, path)
+        )""",
+    ],
+    3: [
+        """CREATE TABLE events (
+            file_id        INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+            conversion_id  TEXT    NOT NULL,
+            outcome        TEXT    NOT NULL CHECK (outcome IN ('sent', 'rejected')),
+            batch_no       INTEGER NOT NULL,
+            attempt        INTEGER NOT NULL,
+            PRIMARY KEY (file_id, conversion_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE cursors (
+            source      TEXT PRIMARY KEY,
+            cursor      TEXT NOT NULL,
+            updated_at  REAL NOT NULL
         )""",
     ],
 }

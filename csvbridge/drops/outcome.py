@@ -7,9 +7,13 @@ read one small module to know what `run_once` returns.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from csvbridge.errors import TransientError
 from csvbridge.report import FileState
+
+if TYPE_CHECKING:
+    from csvbridge.drops.inboxes import PullCounts
 
 
 @dataclass
@@ -53,6 +57,7 @@ class SourceResult:
     name: str
     files: list[FileOutcome] = field(default_factory=list)
     error: str | None = None  # the source, or a file's environment, failed: exit 3
+    pulled: PullCounts | None = None  # an API source (Commerce HQ): what this pass pulled
 
     @property
     def unfinished(self) -> bool:
@@ -105,6 +110,8 @@ class PassSummary:
         if t["skipped_files"]:
             text += f", {t['skipped_files']} skipped"
         for s in self.sources:
+            if s.pulled is not None:
+                text += f"; source {s.name} {s.pulled.describe()}"
             if s.error:
                 text += f"; source {s.name}: {s.error}"
         return text

@@ -13,6 +13,12 @@ For each configured source, a pass
 4. handles each (`filing.FileWork`): claim into ``processing/``, convert, ship, file
    away into ``done/`` or ``failed/`` with its report.
 
+Sources that are not folders become local drops first (`csvbridge.drops.inboxes`): a
+Commerce HQ source pulls what changed since its cursor (kept in the ledger) into an
+inbox, the embedded FTP drop's user homes are handled one by one; their files are
+complete when they appear, so they are taken at once.  Remote drops keep one session
+across polls (`Connections`).
+
 A bad file never stops the pass: it goes to ``failed/`` with its report.  An error of a
 source (unreachable, unwritable, a listing refused) is logged with its reason, counted
 and shown by ``/healthz``, and the pass goes on with the other sources.  A failure of
@@ -31,12 +37,13 @@ from collections.abc import Callable
 
 from csvbridge.config import Settings, SourceSettings
 from csvbridge.drops.filing import MARKER_SUFFIX, FileWork, marker_for, reason_of
+from csvbridge.drops.inboxes import commercehq_inbox, ftp_homes, kind_of, pull_commercehq
 from csvbridge.drops.ledger import Ledger
 from csvbridge.drops.lock import PassLock
 from csvbridge.drops.outcome import FileOutcome, LeftForRetry, PassSummary, SourceResult
 from csvbridge.drops.stages import Stages, name_problem
 from csvbridge.errors import StopsRun
-from csvbridge.filesystems import FileInfo, FileSystem, filesystem_for
+from csvbridge.filesystems import Connections, FileInfo, FileSystem, Skipped
 from csvbridge.observe import Metrics
 from csvbridge.report import FileState
 
@@ -71,8 +78,11 @@ class Runner:
         self.seen: dict[str, dict[str, tuple[int, float | None, int, float]]] = {}
         self.warned: set[tuple[str, str]] = set()  # (source, name) skipped with a warning
         self.last_error: str | None = None
+        # one session per source across polls (SFTP/FTP keep their login while healthy)
+        self.connections = Connections()
 
     def close(self) -> None:
+        self.connections.close()
         self.ledger.close()
 
     # ------------------------------------------------------------------ a pass
@@ -98,23 +108,10 @@ class Runner:
         ``result.error`` with its reason (never a traceback); `StopsRun` errors go up."""
         result = SourceResult(source.name)
         try:
-            with filesystem_for(source) as fs:
-                stages = Stages()
-                stages.prepare(fs, create=source.create_missing)
-                work = FileWork(
-                    self.settings, self.ledger, fs, source, stages, self.stop, self.progress
-                )
-                for info in self._resumable(fs, source, stages, result):
-                    if self.stop.is_set() or result.unfinished:
-                        break
-                    self._handle(work, result, info, claimed=True)
-                # a file not completely shipped is resumed first next time; newer files
-                # wait for it, or their updates would be overwritten by its older data
-                if not result.unfinished:
-                    for info in self._ready(fs, source, result, settle):
-                        if self.stop.is_set() or result.unfinished:
-                            break
-                        self._handle(work, result, info, claimed=False)
+            for drop in self._drops_of(source, result):
+                if self.stop.is_set() or result.unfinished:
+                    break
+                self._run_drop(drop, result, settle=settle)
         except StopsRun:
             raise  # a configuration fix, shared by every source: the run stops
         except LeftForRetry as exc:
@@ -124,9 +121,48 @@ class Runner:
         except Exception as exc:
             self._source_failed(source, result, exc, reason_of(exc))
         else:
-            if not result.unfinished:
+            if not (result.unfinished or result.error):
                 self.metrics.set("last_success_timestamp_seconds", self.clock(), source=source.name)
         return result
+
+    def _drops_of(self, source: SourceSettings, result: SourceResult) -> list[SourceSettings]:
+        """The local or remote folders to handle for `source`: itself for a drop; for a
+        Commerce HQ source its inbox, after pulling into it (a failed pull is an error of
+        the source, and what was pulled before it is still processed); for the embedded
+        FTP drop each user's home."""
+        kind = kind_of(source)
+        if kind == "ftpserver":
+            return ftp_homes(source)
+        if kind != "commercehq":
+            return [source]
+        try:
+            result.pulled = pull_commercehq(self.settings, source, self.ledger, self.stop)
+            log.info("source %s: %s", source.name, result.pulled.describe())
+        except StopsRun:
+            raise
+        except Exception as exc:  # 401/403 (SourceAuthError), retries used up...
+            self._source_failed(source, result, exc, reason_of(exc))
+        return [commercehq_inbox(self.settings, source)]
+
+    def _run_drop(self, source: SourceSettings, result: SourceResult, *, settle: bool) -> None:
+        """One folder: resume what is in processing/, then take the ready files."""
+        with self.connections.lease(source) as fs:
+            stages = Stages()
+            stages.prepare(fs, create=source.create_missing)
+            work = FileWork(
+                self.settings, self.ledger, fs, source, stages, self.stop, self.progress
+            )
+            for info in self._resumable(fs, source, stages, result):
+                if self.stop.is_set() or result.unfinished:
+                    break
+                self._handle(work, result, info, claimed=True)
+            # a file not completely shipped is resumed first next time; newer files
+            # wait for it, or their updates would be overwritten by its older data
+            if not result.unfinished:
+                for info in self._ready(fs, source, result, settle):
+                    if self.stop.is_set() or result.unfinished:
+                        break
+                    self._handle(work, result, info, claimed=False)
 
     def _source_failed(
         self, source: SourceSettings, result: SourceResult, exc: BaseException, reason: str
@@ -161,18 +197,51 @@ class Runner:
         problem = name_problem(f.name)
         if problem is None:
             return True
-        key = (source.name, f.name)
-        if key not in self.warned:
-            self.warned.add(key)
-            self.metrics.inc("errors_total", source=source.name, kind="UnsafeFileName")
-            log.warning("%s: %r left where it is: %s", source.name, f.name, problem)
-        result.files.append(FileOutcome(f.name, source.name, FileState.SKIPPED, reason=problem))
+        self._skip(source, result, f.name, problem, kind="UnsafeFileName")
         return False
+
+    def _skip(
+        self, source: SourceSettings, result: SourceResult, name: str, reason: str, *, kind: str
+    ) -> None:
+        """Account for an entry left where it is: a SKIPPED outcome every pass, a warning
+        naming it the first time (then DEBUG, so a daemon does not flood its log)."""
+        key = (source.name, name)
+        first = key not in self.warned
+        if first:
+            self.warned.add(key)
+            self.metrics.inc("errors_total", source=source.name, kind=kind)
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "%s: %r left where it is: %s",
+            source.name,
+            name,
+            reason,
+        )
+        result.files.append(FileOutcome(name, source.name, FileState.SKIPPED, reason=reason))
+
+    def _listed(
+        self, fs: FileSystem, folder: str, source: SourceSettings, result: SourceResult | None
+    ) -> list[FileInfo]:
+        """The regular files of `folder`; every entry the filesystem would not hand out
+        (link, FIFO, device, socket, a name that could reach outside the drop) is
+        accounted for in `result` with its kind and reason."""
+        listing = fs.scan(folder)
+        if result is not None:
+            for entry in listing.skipped:
+                self._skip_entry(source, result, entry)
+        return listing.files
+
+    def _skip_entry(self, source: SourceSettings, result: SourceResult, entry: Skipped) -> None:
+        if entry.name.startswith("."):
+            return  # hidden entries are never candidates, whatever they are
+        kind = "NotRegularFile" if entry.kind != "file" else "UnsafeFileName"
+        reason = entry.reason if entry.kind == "file" else f"{entry.kind}: {entry.reason}"
+        self._skip(source, result, entry.name, reason, kind=kind)
 
     def _resumable(
         self, fs: FileSystem, source: SourceSettings, stages: Stages, result: SourceResult
     ) -> list[FileInfo]:
-        files = [f for f in fs.list(stages.folder("processing")) if not f.is_dir]
+        files = self._listed(fs, stages.folder("processing"), source, result)
         files = [f for f in files if not f.name.startswith(".")]
         files = [f for f in files if self._usable(source, f, result)]
         return sorted(files, key=lambda f: (f.mtime or 0, f.name))
@@ -181,13 +250,13 @@ class Runner:
         self, fs: FileSystem, source: SourceSettings, result: SourceResult, settle: bool
     ) -> list[FileInfo]:
         """Files of the drop that are complete, oldest first."""
-        listing = [f for f in fs.list("") if not f.is_dir]
+        listing = self._listed(fs, "", source, result)
         names = {f.name for f in listing}
         memory = self.seen.setdefault(source.name, {})
         if settle and source.stable_polls > 0:
             first = {f.name: (f.size, f.mtime) for f in listing}
             self.stop.wait(min(SETTLE_SECONDS, source.poll_interval_seconds))
-            listing = [f for f in fs.list("") if not f.is_dir]
+            listing = self._listed(fs, "", source, None)
             stable = {f.name for f in listing if first.get(f.name) == (f.size, f.mtime)}
         else:
             # A poll only counts as a stability poll when it comes at least as long after
@@ -219,14 +288,33 @@ class Runner:
                 continue
             if not self._usable(source, f, result):
                 continue
-            if f.name not in stable:
-                continue
-            if f.mtime is not None and now - f.mtime < source.min_age_seconds:
-                continue
-            if source.done_marker and marker_for(f.name, names) is None:
+            why = self._not_yet(f, source, stable, names, memory, now)
+            if why:
+                log.debug("%s: %r not taken yet: %s", source.name, f.name, why)
                 continue
             ready.append(f)
         return sorted(ready, key=lambda f: (f.mtime or 0, f.name))
+
+    @staticmethod
+    def _not_yet(
+        f: FileInfo,
+        source: SourceSettings,
+        stable: set[str],
+        names: set[str],
+        memory: dict[str, tuple[int, float | None, int, float]],
+        now: float,
+    ) -> str | None:
+        """Why a complete-looking file is not taken on this poll (None: take it); logged
+        at DEBUG, so "why is my file not picked up?" has an answer (clock skew, a writer
+        still appending, a marker never sent)."""
+        if f.name not in stable:
+            polls = memory[f.name][2] if f.name in memory else 0
+            return f"size or mtime still changing ({polls} of {source.stable_polls} stable polls)"
+        if f.mtime is not None and now - f.mtime < source.min_age_seconds:
+            return f"{now - f.mtime:.0f} s old, min_age_seconds is {source.min_age_seconds:g}"
+        if source.done_marker and marker_for(f.name, names) is None:
+            return f"waiting for its done marker ({f.name}{MARKER_SUFFIX} or <stem>{MARKER_SUFFIX})"
+        return None
 
 
 # ---------------------------------------------------------------------- entry point

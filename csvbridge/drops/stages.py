@@ -2,23 +2,21 @@
 
 ``processing/`` holds a file while it is worked on, ``done/`` and ``failed/`` receive it
 with its report (and rejects) afterwards.  This module also decides which names a drop
-may hand us at all (a name with a newline or of 250 bytes cannot be filed away safely)
-and which local names the work folder uses (derived, never the drop's raw name).
+may hand us at all (a name with a newline or of 250 bytes cannot be filed away safely);
+derived names (reports, work folders) come from `csvbridge.filesystems.names`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
-import re
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from csvbridge.errors import SourceUnavailable, TerminalError
-from csvbridge.filesystems import FileSystem, LocalFileSystem
+from csvbridge.filesystems import FileSystem, LocalFileSystem, UnsafePath, fit_name
+from csvbridge.filesystems import name_problem as fs_name_problem
 
 STAGES: tuple[str, ...] = ("processing", "done", "failed")
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
@@ -28,8 +26,6 @@ REJECTS_SUFFIX = ".rejects.csv"
 # 255-byte limit of every common file system (and of FTP/SFTP servers on them).
 _STAMP_ROOM = len(".20261122T074512Z-999")
 MAX_NAME_BYTES = 255 - _STAMP_ROOM - len(REPORT_SUFFIX)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class StageFolderError(TerminalError):
@@ -37,13 +33,13 @@ class StageFolderError(TerminalError):
 
 
 def report_name(name: str) -> str:
-    """The JSON report that sits next to a staged file."""
-    return f"{name}{REPORT_SUFFIX}"
+    """The JSON report that sits next to a staged file (shortened if it would not fit)."""
+    return fit_name(name, REPORT_SUFFIX)
 
 
 def rejects_name(name: str) -> str:
-    """The CSV of rejected rows that sits next to a staged file."""
-    return f"{name}{REJECTS_SUFFIX}"
+    """The CSV of rejected rows that sits next to a staged file (shortened likewise)."""
+    return fit_name(name, REJECTS_SUFFIX)
 
 
 def split_ext(name: str) -> tuple[str, str]:
@@ -59,29 +55,21 @@ def split_ext(name: str) -> tuple[str, str]:
 def name_problem(name: str) -> str | None:
     """Why a file of this name cannot be taken from a drop, or None if it can.
 
-    Control characters (a newline would break FTP commands, logs and the rejects file)
-    and names too long to carry a timestamp and ``.report.json`` are left where they are.
+    The filesystem layer's rules first (control characters, separators, not UTF-8);
+    then a name too long to carry a timestamp and ``.report.json`` beside it in
+    ``done/`` is left where it is: the file keeps its own name when filed away, so a
+    person finds it by that name.
     """
-    if _CONTROL.search(name):
-        return "its name holds a control character (newline, tab...): rename it"
-    if name in ("", ".", "..") or "/" in name:
-        return "not a plain file name"
-    if len(os.fsencode(name)) > MAX_NAME_BYTES:
+    problem = fs_name_problem(name)
+    if problem is not None:
+        return f"{problem}: rename it"
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
         return (
-            f"its name is {len(os.fsencode(name))} bytes, over the {MAX_NAME_BYTES} "
+            f"its name is {size} bytes, over the {MAX_NAME_BYTES} "
             "that leave room for a timestamp and its report: rename it"
         )
     return None
-
-
-def work_name(name: str) -> str:
-    """A safe local name for a drop file's copy in the work folder: short, plain ASCII,
-    keeping the extension (``.csv.gz`` tells the reader to decompress), unique per name."""
-    stem, ext = split_ext(name)
-    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
-    safe_stem = _UNSAFE.sub("_", stem)[:40].strip("._") or "file"
-    safe_ext = _UNSAFE.sub("_", ext)[:16]
-    return f"{safe_stem}-{digest}{safe_ext}"
 
 
 @dataclass(frozen=True)
@@ -140,7 +128,6 @@ class Stages:
         folder = self.folder(stage)
         taken = {posixpath.basename(e) for e in existing if e.startswith(folder + "/")}
         taken |= {e for e in existing if "/" not in e}
-        suffixes = [n[len(base) :] for n in names]  # "", ".report.json", ".rejects.csv"
 
         def candidates() -> Iterator[str]:
             yield base
@@ -153,8 +140,9 @@ class Stages:
                 n += 1
 
         for candidate in candidates():
-            if not any(candidate + s in taken for s in suffixes):
-                return [candidate + s for s in suffixes]
+            free = [candidate, report_name(candidate), rejects_name(candidate)][: len(names)]
+            if not any(n in taken for n in free):
+                return free
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- checks on a real drop -------------------------------------------------------
@@ -175,41 +163,27 @@ class Stages:
                     url=fs.url,
                 )
             fs.root.mkdir(parents=True, exist_ok=True)
-        entries = {e.name: e for e in fs.list(self.root)}
+        listing = fs.scan(self.root)
+        kinds: dict[str, str] = {f.name: "regular file" for f in listing.files}
+        kinds.update({d.name: "folder" for d in listing.dirs})
+        kinds.update({e.name: str(e.kind) for e in listing.skipped})
         for stage in STAGES:
             folder = self.folder(stage)
-            entry = entries.get(posixpath.basename(folder))
-            kind = _local_kind(fs, folder)
-            if entry is None and kind in (None, "missing"):
-                try:
-                    fs.mkdir(folder)
-                except OSError as exc:  # read-only disk, root-owned chroot, 550...
-                    why = exc.strerror or str(exc)
-                    raise StageFolderError(
-                        f"cannot create the stage folder {folder!r}: {why}", url=fs.url
-                    ) from None
-                continue
-            if entry is None or not entry.is_dir or kind not in (None, "folder"):
-                what = kind or "not a folder"
+            kind = kinds.get(posixpath.basename(folder))
+            if kind not in (None, "folder"):
                 raise StageFolderError(
-                    f"stage folder {folder!r} is {what}: move it away so csvbridge can "
-                    f"create the folder",
+                    f"stage folder {folder!r} is a {kind}: move it away so csvbridge can "
+                    "create the folder",
                     url=fs.url,
                 )
-
-
-def _local_kind(fs: FileSystem, rel: str) -> str | None:
-    """What `rel` is on a local drop, without following a link; None for remote drops."""
-    if not isinstance(fs, LocalFileSystem):
-        return None
-    try:
-        mode = os.lstat(fs.root / rel).st_mode
-    except FileNotFoundError:
-        return "missing"
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "folder"
-    if stat.S_ISREG(mode):
-        return "a regular file"
-    return "a special file"
+            if kind == "folder":
+                continue
+            try:
+                fs.mkdir(folder)
+            except UnsafePath as exc:  # something appeared there since the listing
+                raise StageFolderError(f"stage folder {exc.message}", url=fs.url) from None
+            except OSError as exc:  # read-only disk, root-owned chroot, 550...
+                why = exc.strerror or str(exc)
+                raise StageFolderError(
+                    f"cannot create the stage folder {folder!r}: {why}", url=fs.url
+                ) from None

@@ -76,7 +76,7 @@ class LocalFileSystem(FileSystem):
 
     @classmethod
     def from_url(cls, url: str, options: ConnectOptions) -> LocalFileSystem:
-        fs = cls(_local_path(url) if "://" in url else url, create_missing=options.create_missing)
+        fs = cls(local_path(url) if "://" in url else url, create_missing=options.create_missing)
         fs.temp_naming = options.temp_naming
         return fs
 
@@ -292,8 +292,10 @@ _WHY = {
 }
 
 
-def _local_path(url: str) -> str:
-    """``file:///srv/drop`` -> /srv/drop; ``file://./feeds`` -> ./feeds (relative)."""
+def local_path(url: str) -> str:
+    """``file:///srv/drop`` -> /srv/drop; ``file://./feeds`` -> ./feeds (relative).
+
+    Public so the configuration resolves relative drops with this parser, not a second one."""
     parts = urlsplit(url)
     host = parts.netloc
     if host in ("", "localhost"):

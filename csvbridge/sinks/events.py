@@ -36,10 +36,10 @@ from urllib.parse import quote
 
 import orjson
 import requests
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from requests.adapters import HTTPAdapter
 
 from csvbridge import __version__
+from csvbridge.config import MAX_BATCH_BYTES, MAX_EVENT_BYTES, EventsSettings
 from csvbridge.errors import (
     ApiTerminalError,
     ApiTransientError,
@@ -55,42 +55,12 @@ from csvbridge.sinks.purchase import to_purchase
 
 log = logging.getLogger("csvbridge.events")
 
-# Documented: 32 KB per event, 500 KB per batch request.  "KB" is not defined: we pack to
-# the smaller reading (1000 bytes) so either reading holds.  (The stand-in enforces 1024.)
-MAX_EVENT_BYTES = 32_000
-MAX_BATCH_BYTES = 500_000
+# The limits (32 KB per event, 500 KB per batch) and `EventsSettings` live in
+# csvbridge.config with the other settings (the sinks package imports the config).
+__all__ = ["MAX_BATCH_BYTES", "MAX_EVENT_BYTES", "EventsSettings", "send_events"]
 _BATCH_OPEN, _BATCH_CLOSE = b'{"batch":[', b"]}"
 CONNECT_TIMEOUT = 10.0
 MASK = "***"
-
-
-class EventsSettings(BaseModel):
-    """The ``events`` sink (HTTP tracking API).  The lead adds it as ``Settings.events``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str = "https://collect.commander1.com"
-    site_id: str = ""
-    token: SecretStr = SecretStr("")  # the source key
-    batch: bool = True  # POST /events/batch; False: one POST /events per event
-    max_event_bytes: int = Field(MAX_EVENT_BYTES, ge=256, le=32 * 1024)
-    max_batch_bytes: int = Field(MAX_BATCH_BYTES, ge=1024, le=500 * 1024)
-    max_events_per_batch: int = Field(500, ge=1)  # undocumented maximum: stay modest
-    requests_per_second: float = Field(100, gt=0, lt=500)  # documented guideline: < 500
-    timeout_seconds: float = Field(30, gt=0)
-    max_attempts: int = Field(8, ge=1)
-    backoff_base_seconds: float = Field(0.5, gt=0)
-    backoff_max_seconds: float = Field(60, gt=0)
-
-    @field_validator("base_url")
-    @classmethod
-    def _strip_slash(cls, v: str) -> str:
-        return v.rstrip("/")
-
-    @field_validator("site_id", mode="before")
-    @classmethod
-    def _site_id_as_text(cls, v: object) -> object:
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 # -- results --------------------------------------------------------------------------

@@ -383,11 +383,18 @@ def deliver_feed(local: Path, settings: FeedSettings, *, rows: int) -> str | Non
     if rows == 0 and not settings.upload_empty:
         return None
     # Imported here: the filesystem layer pulls in FTP/SFTP clients the writer never needs.
-    from csvbridge.filesystems import filesystem_for, put_atomic
+    from csvbridge.filesystems import UploadRefused, filesystem_for, put_atomic
 
     fs = filesystem_for(settings)
     try:
-        fs.mkdir("")  # the target folder may not exist yet (e.g. the default ./feeds)
+        try:
+            fs.mkdir("")  # the target folder may not exist yet (e.g. the default ./feeds)
+        except PermissionError as exc:
+            # a refused target is the environment, not the file: typed and transient, so
+            # the source file stays for a retry instead of landing in failed/
+            raise UploadRefused(
+                f"cannot create the feed folder: {exc.strerror or exc}", url=fs.url
+            ) from None
         put_atomic(fs, local, local.name)
     finally:
         close = getattr(fs, "close", None)
