@@ -6,7 +6,11 @@ This is the only module that reads stdin, writes stdout or decides an exit statu
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
 
@@ -114,29 +118,54 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return _exit_for(report)
 
 
+@contextmanager
+def _graceful_stop() -> Iterator[threading.Event]:
+    """SIGTERM or Ctrl-C once: finish the batches in flight, write the report, clean up.
+    Twice: abort at once (KeyboardInterrupt; temporary folders are still removed)."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            "csvbridge: stopping after the batches in flight (again to abort)", file=sys.stderr
+        )
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from csvbridge.pipeline import send_file
 
     settings = load_settings(args.config)
     settings.convert = _convert_settings(args, settings.convert)
-    outcome = send_file(
-        args.input,
-        settings,
-        kind=args.kind,
-        sinks=[args.sink]
-        if args.sink in ("api", "feed")
-        else (["api", "feed"] if args.sink == "both" else None),
-        products_from_conversions=args.products_from_conversions,
-        dry_run=args.dry_run,
-        report_path=args.report,
-        rejects_path=args.rejects,
-    )
+    stdin = str(args.input) == "-"
+    sink = {"api": ["api"], "feed": ["feed"], "both": ["api", "feed"]}.get(args.sink or "")
+    with _graceful_stop() as stop:
+        outcome = send_file(
+            sys.stdin.buffer if stdin else args.input,
+            settings,
+            name="-" if stdin else None,
+            kind=args.kind,
+            sinks=sink,
+            products_from_conversions=args.products_from_conversions,
+            dry_run=args.dry_run,
+            report_path=args.report,
+            rejects_path=args.rejects,
+            stop=stop,
+        )
     if not args.quiet:
         outcome.report.print_summary()
-        for key in ("plan", "feed", "shipment_stopped"):
+        for key in ("plan", "feed", "shipment_stopped", "interrupted"):
             if key in outcome.report.outputs:
                 print(f"  {key}: {outcome.report.outputs[key]}", file=sys.stderr)
-    return outcome.exit_code
+    return ExitCode.INTERRUPTED if stop.is_set() else outcome.exit_code
 
 
 def _setup_logging(settings: object) -> None:
@@ -170,7 +199,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from csvbridge.demo import run_demo
 
-    return run_demo(Path(args.dir) if args.dir else None)
+    return run_demo(Path(args.dir) if args.dir else None, out=sys.stdout)
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
@@ -201,6 +230,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
             fail_rate=args.fail_rate,
             drop_rate=args.drop_rate,
             slow_rate=args.slow_rate,
+            out=sys.stdout,
         )
     finally:
         shop.stop()
@@ -325,9 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: unwinds, so temporary folders are removed and nothing is half
+    written in place (outputs are renamed into place only when complete)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in ("watch", "send"):  # those two stop gracefully on their own
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.func(args))
     except CsvBridgeError as exc:

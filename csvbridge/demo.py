@@ -17,7 +17,6 @@ from __future__ import annotations
 import ftplib
 import io
 import shutil
-import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -88,7 +87,7 @@ def _upload(source: SourceSettings, export: Path) -> str:
     return f"ftp://{FTP_USER}@{host}:{port}/{export.name}"
 
 
-def run_demo(base: Path | None = None, out: TextIO = sys.stdout) -> int:
+def run_demo(base: Path | None = None, *, out: TextIO) -> int:
     """Run the demo; returns 0 when every row was accounted for and delivered as expected."""
     root = Path(base) if base else Path(tempfile.mkdtemp(prefix="csvbridge-demo-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from csvbridge.config import ConvertSettings, Settings
 from csvbridge.errors import (
@@ -143,6 +144,7 @@ def process_file(
         report = Report(file=name or path.name, kind=kind, fatal=exc.message)
         return Outcome(report, FileState.FAILED)
     report = done.report
+    kind = report.kind  # products when they were extracted from conversions
     if dry_run:
         _plan(report, settings, sinks)
         return Outcome(report, FileState.FAILED if report.objects_rejected else FileState.DONE)
@@ -180,7 +182,7 @@ def _plan(report: Report, settings: Settings, sinks: list[str]) -> None:
     from csvbridge.sinks import plan
 
     if "api" in sinks:
-        p = plan(report.objects_valid, settings.api)
+        p = plan(report.objects_valid, settings.api, report.kind)  # type: ignore[arg-type]
         report.outputs["plan"] = p.describe()
     if "feed" in sinks:
         report.outputs["feed"] = f"would write a feed to {settings.feed.target}"
@@ -334,9 +336,10 @@ def _not_shipped(report: Report, records: list[Record]) -> None:
 
 
 def send_file(
-    source: str | Path,
+    source: str | Path | BinaryIO,
     settings: Settings,
     *,
+    name: str | None = None,
     kind: str = "conversions",
     sinks: list[str] | None = None,
     products_from_conversions: bool = False,
@@ -344,32 +347,42 @@ def send_file(
     report_path: Path | None = None,
     rejects_path: Path | None = None,
     work_dir: Path | None = None,
+    stop: threading.Event | None = None,
 ) -> Outcome:
-    """``csvbridge send``: convert one file and deliver it to the configured sinks."""
+    """``csvbridge send``: convert one file (a path or a binary stream) and deliver it to
+    the configured sinks.
+
+    Setting `stop` (the CLI does on SIGTERM/Ctrl-C) finishes the batches in flight and
+    returns what was done: the report is still written, the work folder still removed,
+    and the objects not sent are counted as not shipped.
+    """
     import shutil
     import tempfile
 
-    if str(source) != "-" and not Path(source).exists():
+    if isinstance(source, (str, Path)) and not Path(source).exists():
         raise InputError(f"no such file: {source}")
+    label = name or (str(source) if isinstance(source, (str, Path)) else "<stream>")
     with tempfile.TemporaryDirectory(prefix="csvbridge-send-", dir=work_dir) as tmp:
         work = Path(tmp)
-        src = Path(source)
-        if str(source) == "-":
-            import sys
-
-            src = work / "stdin.csv"
+        if isinstance(source, (str, Path)):
+            src = Path(source)
+        else:  # a stream is read once: spool it, the engine reads its source twice
+            src = work / "input.csv"
             with open(src, "wb") as f:
-                shutil.copyfileobj(sys.stdin.buffer, f)
+                shutil.copyfileobj(source, f, 1 << 20)
         outcome = process_file(
             src,
             work / "work",
             settings,
-            name=str(source),
+            name=label,
             kind=kind,
             sinks=sinks or settings.sinks,
             products_from_conversions=products_from_conversions,
             dry_run=dry_run,
+            stop=stop,
         )
+        if stop is not None and stop.is_set():
+            outcome.report.outputs["interrupted"] = "stopped on request; the rest was not sent"
         if rejects_path is not None and outcome.rejects is not None:
             move_into_place(outcome.rejects, rejects_path)  # private; never replaces a device
             outcome.report.outputs["rejects"] = str(rejects_path)

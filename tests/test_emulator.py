@@ -262,7 +262,7 @@ def test_context_manager_releases_the_port() -> None:
 
 
 def test_run_emulator_serves_until_sigterm() -> None:
-    code = "from csvbridge.testing.emulator import run_emulator; run_emulator(speed=10)"
+    code = "import sys; from csvbridge.testing.emulator import run_emulator; run_emulator(speed=10, out=sys.stdout)"
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env

@@ -7,7 +7,6 @@ import csv
 import gzip
 import io
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -263,16 +262,25 @@ def test_truncated_gzip_is_an_input_error(tmp_path):
         read_all(gz)
 
 
-def test_stdin_dash(monkeypatch):
-    data = b"id,name\n1,x\n"
-
-    class FakeStdin:
-        buffer = io.BufferedReader(io.BytesIO(data))
-
-    monkeypatch.setattr(sys, "stdin", FakeStdin)
-    _, header, rows, _, _ = read_all("-")
+def test_a_callers_stream_is_read_and_left_open():
+    """The CLI hands standard input over as a stream; the reader never closes a stream it
+    did not open (and the library never touches sys.stdin itself)."""
+    stream = io.BufferedReader(io.BytesIO(b"id,name\n1,x\n"))
+    _, header, rows, _, _ = read_all(stream)
     assert header == ["id", "name"] and rows == [(2, ["1", "x"])]
-    assert not FakeStdin.buffer.closed  # stdin is not ours to close
+    assert not stream.closed
+
+
+def test_the_library_never_reads_stdin_or_writes_stdout():
+    """stdin/stdout belong to the CLI alone (issue 9: a clean library/CLI boundary)."""
+    root = Path(__file__).resolve().parent.parent / "csvbridge"
+    offenders = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if path.name != "cli.py"
+        and any(w in path.read_text() for w in ("sys.stdin", "sys.stdout", "sys.exit("))
+    ]
+    assert offenders == []
 
 
 # --------------------------------------------------------------------------- chunks

@@ -107,16 +107,13 @@ def open_binary(
     limits: ReadLimits = DEFAULT_LIMITS,
     name: str | None = None,
 ) -> tuple[BinaryIO, bool]:
-    """Open a path, ``-`` (stdin) or a stream; gunzip transparently, within `limits`.
-    Returns (stream, gz)."""
+    """Open a path or a stream; gunzip transparently, within `limits`.  Returns (stream,
+    gz).  (Standard input is the CLI's to pass as a stream: the library never reads it.)"""
     if isinstance(source, (str, Path)):
-        if str(source) == "-":
-            raw: BinaryIO = sys.stdin.buffer
-        else:
-            try:
-                raw = open(source, "rb")  # noqa: SIM115 - handed to the caller
-            except OSError as exc:
-                raise InputError(f"cannot open input: {exc.strerror}", file=str(source)) from None
+        try:
+            raw: BinaryIO = open(source, "rb")  # noqa: SIM115 - handed to the caller
+        except OSError as exc:
+            raise InputError(f"cannot open input: {exc.strerror}", file=str(source)) from None
     else:
         raw = source
     buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
@@ -139,6 +136,7 @@ class CsvFile:
     ) -> None:
         self.name = name or (str(source) if isinstance(source, (str, Path)) else "<stream>")
         self.limits = limits = limits or DEFAULT_LIMITS
+        self._owns_stream = isinstance(source, (str, Path))  # a caller's stream stays open
         self._stream, gz = open_binary(source, limits, self.name)
         try:
             sample = self._read(SAMPLE_BYTES)
@@ -245,7 +243,7 @@ class CsvFile:
 
     def close(self) -> None:
         stream = getattr(self, "_stream", None)
-        if stream is not None and stream is not sys.stdin.buffer:
+        if stream is not None and getattr(self, "_owns_stream", True):
             stream.close()
 
     def __enter__(self) -> CsvFile:

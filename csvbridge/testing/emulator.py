@@ -26,9 +26,9 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -363,8 +363,10 @@ def run_emulator(
     fail_rate: float = 0.0,
     drop_rate: float = 0.0,
     slow_rate: float = 0.0,
+    out: TextIO | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM (``csvbridge emulator``); prints where to point csvbridge.
+    """Serve until SIGINT/SIGTERM (``csvbridge emulator``); writes where to point csvbridge
+    to `out` (the CLI passes stdout; by default it is logged).
 
     Raises `ConfigError` (no traceback: the CLI prints it, exit 2) when it cannot listen,
     e.g. the port is already in use.
@@ -380,11 +382,11 @@ def run_emulator(
         slow_rate=slow_rate,
     ).start()
     shown = token if token == "emulator-token" else "<the --token you gave>"
-    print(f"csvbridge emulator listening on {emulator.url} (site {site_id}, speed {speed:g})")
-    print(
+    say = _teller(out)
+    say(f"csvbridge emulator listening on {emulator.url} (site {site_id}, speed {speed:g})")
+    say(
         f"  point csvbridge at it: CSVBRIDGE_API_URL={emulator.url} "
-        f"CSVBRIDGE_SITE_ID={site_id} CSVBRIDGE_TOKEN={shown}",
-        flush=True,
+        f"CSVBRIDGE_SITE_ID={site_id} CSVBRIDGE_TOKEN={shown}"
     )
     done = threading.Event()
     previous = {}
@@ -399,9 +401,20 @@ def run_emulator(
             signal.signal(sig, handler)
         emulator.stop()
     stats = emulator.stats
-    print(
+    say(
         f"emulator stopped: {stats.requests} requests, {sum(stats.accepted.values())} objects "
-        f"accepted, {sum(stats.rejected.values())} refused",
-        flush=True,
+        f"accepted, {sum(stats.rejected.values())} refused"
     )
     return 0
+
+
+def _teller(out: TextIO | None) -> Callable[[str], None]:
+    """Lines for a person: to `out` when given (flushed), else to the log."""
+    if out is None:
+        return lambda line: log.info("%s", line)
+
+    def say(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    return say
