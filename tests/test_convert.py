@@ -700,3 +700,31 @@ def test_products_taken_from_conversions_skip_repeats_with_a_reason(tmp_path):
     assert report.rows_converted == 3 and report.rows_skipped == 9 and not report.problems.errors
     (note,) = report.problems.warnings
     assert note["code"] == "REPEATED_PRODUCT_SKIPPED" and note["detail"].startswith("9 rows")
+
+
+def test_configured_read_caps_reach_every_process(tmp_path):
+    """The caps come from the settings (not only the reader's defaults), in the main
+    process and in the workers alike."""
+    body = TEMPLATE.read_text(encoding="utf-8")
+    header, _, rows = body.partition("\n")
+    cols = next(csv.reader([header]))
+    first = next(csv.reader([rows.splitlines()[0]]))
+    first[cols.index("comment")] = "x" * 3000
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(first)
+    data = (header + "\n" + out.getvalue()).encode()
+    _, report, _ = run(tmp_path, data, s={"conflict": "first"})  # default cap: read
+    assert report.rows_read == 1
+    for workers in (1, 2):
+        with pytest.raises(InputError, match="max_cell_chars=1,000"):
+            run(tmp_path, data, name=f"w{workers}.csv", workers=workers,
+                s={"conflict": "first", "max_cell_chars": 1000})  # fmt: skip
+
+
+def test_a_guessed_encoding_is_a_warning_in_the_report(tmp_path):
+    header = "id,type,status,created,currency,user.user_email,"
+    header += "conversion_items.original_quantity,conversion_items.product.id\n"
+    row = "Dąbrowska-1,online,pending,2026-01-01T00:00:00Z,PLN,a@b.pl,1,p\n"
+    _, report, _ = run(tmp_path, (header + row).encode("cp1250"))
+    warned = {p.code: p.detail for p in report.problems.raw if p.warning}
+    assert "cp1250" in warned.get("ENCODING_GUESSED", ""), warned

@@ -54,6 +54,7 @@ from csvbridge.fold.worker import (
     park_stream,
 )
 from csvbridge.read.csvfile import CHUNK_BYTES, CsvFile
+from csvbridge.read.limits import ReadLimits
 from csvbridge.read.mapping import Mapping, load_mapping
 from csvbridge.report import Problem, ProblemLog, Report
 from csvbridge.schema.codecs import CodecOptions
@@ -335,9 +336,10 @@ def convert(
     opts = mapping.options if mapping is not None else None
     encoding = settings.encoding or (opts.encoding if opts else None)
     delimiter = settings.delimiter or (opts.delimiter if opts else None)
-    with CsvFile(path, name=label, encoding=encoding, delimiter=delimiter) as csvf:
+    limits = ReadLimits.from_settings(settings)
+    with CsvFile(path, name=label, encoding=encoding, delimiter=delimiter, limits=limits) as csvf:
         dialect, header = csvf.dialect, csvf.header
-    work.use_source(path, dialect)
+    work.use_source(path, dialect, limits)
     if ERROR_COLUMN in header:  # a fixed rejects file: its header's cells restored too
         header = [restore(h) for h in header]
     decimal_comma = settings.decimal_comma
@@ -359,10 +361,20 @@ def convert(
         conflict=settings.conflict,
         mapping=mapping,
         products_from_conversions=products_from_conversions,
+        limits=limits,
     )
     plan, _ = spec.compile()  # fails early (missing columns) before any worker starts
     report = Report(file=label, kind=kind)
     report.dialect = {**dialect.as_dict(), "decimal_comma": decimal_comma, "columns": len(header)}
+    if dialect.encoding_note:  # a guess, or a UTF-8 file with some bad bytes: say so
+        report.problems.add(
+            Problem(
+                code="ENCODING_GUESSED" if not dialect.encoding_confident else "ENCODING_NOTE",
+                detail=f"{dialect.encoding}: {dialect.encoding_note}",
+                lines=(),
+                warning=True,
+            )
+        )
     if not products_from_conversions:
         for col, reason in plan.ignored:
             report.problems.add(

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from csvbridge.read.csvfile import Row, parse_lines
+from csvbridge.read.limits import DEFAULT_LIMITS
 from csvbridge.read.mapping import RowTransform
 from csvbridge.report import Problem
 
@@ -114,9 +115,17 @@ class Layout:
     n_item: int
     id_col: int
     delimiter: str
+    max_cell: int | None = DEFAULT_LIMITS.max_cell_chars  # for quoted multi-line records
 
     @classmethod
-    def of(cls, paths: list[str], id_col: int, delimiter: str, quotechar: str) -> Layout | None:
+    def of(
+        cls,
+        paths: list[str],
+        id_col: int,
+        delimiter: str,
+        quotechar: str,
+        max_cell: int | None = DEFAULT_LIMITS.max_cell_chars,
+    ) -> Layout | None:
         """The layout of a header, or None when the fast lane does not apply."""
         n_item = sum(p.startswith(ITEMS_PREFIX) for p in paths)
         n_head = len(paths) - n_item
@@ -130,7 +139,7 @@ class Layout:
             or not all(p.startswith(ITEMS_PREFIX) for p in paths[n_head:])
         ):
             return None
-        return cls(n_head, n_item, id_col, delimiter)
+        return cls(n_head, n_item, id_col, delimiter, max_cell)
 
 
 Line = tuple[int, str]  # an unquoted record: its line number and its text
@@ -179,7 +188,9 @@ def records(text: str, first_line: int, layout: Layout) -> Records | None:
                 return None
             quotes += lines[j].count('"')
         segment = [s + "\n" for s in raw[i : j + 1]]
-        parsed, skipped, closed = parse_lines(segment, first_line + i, d)
+        parsed, skipped, closed = parse_lines(
+            segment, first_line + i, d, max_cell=layout.max_cell
+        )
         if not closed:
             return None
         blank += skipped

@@ -27,6 +27,7 @@ from csvbridge.files import open_private
 from csvbridge.fold.assemble import Built, Record
 from csvbridge.fold.build import Overflow
 from csvbridge.read.csvfile import CsvFile, Dialect
+from csvbridge.read.limits import DEFAULT_LIMITS, ReadLimits
 from csvbridge.report import Problem, Report
 
 
@@ -275,6 +276,7 @@ class WorkDir:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.source: Path | None = None
         self.dialect: Dialect | None = None
+        self.limits: ReadLimits = DEFAULT_LIMITS
 
     @property
     def ndjson(self) -> Path:
@@ -295,15 +297,19 @@ class WorkDir:
             shutil.copyfileobj(stream, f, 1 << 20)
         return path
 
-    def use_source(self, path: Path, dialect: Dialect) -> None:
-        """Remember what the objects are read from, and how."""
-        self.source, self.dialect = path, dialect
+    def use_source(
+        self, path: Path, dialect: Dialect, limits: ReadLimits = DEFAULT_LIMITS
+    ) -> None:
+        """Remember what the objects are read from, and how (dialect and caps)."""
+        self.source, self.dialect, self.limits = path, dialect, limits
 
     def open_source(self, name: str | None = None) -> CsvFile:
         """The source again, read with the dialect found when the conversion started."""
         assert self.source is not None and self.dialect is not None
         d = self.dialect
-        return CsvFile(self.source, name=name, encoding=d.encoding, delimiter=d.delimiter)
+        return CsvFile(
+            self.source, name=name, encoding=d.encoding, delimiter=d.delimiter, limits=self.limits
+        )
 
     def writer(self, report: Report, products: ProductIds | None) -> Writer:
         return Writer(self, report, products)

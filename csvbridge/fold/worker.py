@@ -21,6 +21,7 @@ from csvbridge.fold.lane import Layout, Records, Run, Shared, cut_lane, cut_runs
 from csvbridge.fold.rejects import ERROR_COLUMN, restore_rows
 from csvbridge.fold.workdir import Output
 from csvbridge.read.csvfile import CsvFile, Dialect, Row, parse_chunk
+from csvbridge.read.limits import DEFAULT_LIMITS, ReadLimits
 from csvbridge.read.mapping import Mapping, RowTransform, compile_mapping
 from csvbridge.report import Problem
 from csvbridge.schema.codecs import CodecOptions
@@ -41,6 +42,7 @@ class Spec:
     conflict: str = "reject"
     mapping: Mapping | None = None
     products_from_conversions: bool = False
+    limits: ReadLimits = DEFAULT_LIMITS  # the same caps in every process
 
     @property
     def fixed_rejects(self) -> bool:
@@ -87,7 +89,13 @@ def init_worker(spec: Spec) -> WorkerState:
         and not spec.products_from_conversions
         and not spec.fixed_rejects  # its cells are restored row by row
     ):
-        layout = Layout.of(plan.paths, plan.id_col, spec.dialect.delimiter, spec.dialect.quotechar)
+        layout = Layout.of(
+            plan.paths,
+            plan.id_col,
+            spec.dialect.delimiter,
+            spec.dialect.quotechar,
+            spec.limits.max_cell_chars,
+        )
     _STATE = WorkerState(spec=spec, plan=plan, transform=transform, layout=layout)
     return _STATE
 
@@ -173,7 +181,7 @@ def _records(data: bytes, first_line: int, st: WorkerState) -> Records | None:
 def _parse(data: bytes, first_line: int, st: WorkerState) -> tuple[list[Run], int, int, bool]:
     """Runs of a chunk parsed by the csv module: (runs, rows, blank, boundary_ok)."""
     spec = st.spec
-    parsed = parse_chunk(data, first_line, spec.dialect)
+    parsed = parse_chunk(data, first_line, spec.dialect, max_cell=spec.limits.max_cell_chars)
     runs = cut(parsed.rows, st)
     if parsed.bad_encoding:
         bad = set(parsed.bad_encoding)
