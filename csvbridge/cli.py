@@ -221,7 +221,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        run_emulator(
+        run_emulator(  # serves until SIGTERM/Ctrl-C
             host=args.host,
             port=args.port,
             token=args.token,
@@ -232,6 +232,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
             slow_rate=args.slow_rate,
             out=sys.stdout,
         )
+    except KeyboardInterrupt:  # stopped before the emulator had set up its own handler
+        pass
     finally:
         shop.stop()
         tracking.stop()
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command not in ("watch", "send"):  # those two stop gracefully on their own
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)  # the emulator's own handler replaces it
     try:
         return int(args.func(args))
     except CsvBridgeError as exc:
