@@ -14,7 +14,7 @@ from csvbridge.sinks.client import (
     split_partial,
 )
 from csvbridge.sinks.pacer import Pacer, choose_batch_size, workers_for
-from csvbridge.sinks.progress import Plan, Progress, format_duration, plan
+from csvbridge.sinks.progress import Progress, ShipPlan, format_duration, plan
 from csvbridge.sinks.results import BatchOutcome, Endpoint, Rejection, ShipResult
 from csvbridge.sinks.shipper import records_kind, ship
 
@@ -24,7 +24,7 @@ __all__ = [
     "BatchOutcome",
     "Endpoint",
     "Pacer",
-    "Plan",
+    "ShipPlan",
     "Progress",
     "Rejection",
     "ShipResult",

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-from csvbridge.config import FeedSettings
+from csvbridge.config import FeedSettings, Kind
 from csvbridge.errors import ConfigError, TerminalError
 from csvbridge.schema.models import (
     HEADER_ALIASES,
@@ -42,8 +42,6 @@ from csvbridge.schema.models import (
     field_rules,
     format_date,
 )
-
-Kind = Literal["conversions", "products"]
 
 LIST_SEPARATOR = "|"  # how the template joins tags, colors and consent categories
 
@@ -99,7 +97,7 @@ _PRODUCT_FAMILIES = ("custom.",)
 
 
 @dataclass(frozen=True, slots=True)
-class _Layout:
+class _FeedColumns:
     base: tuple[str, ...]  # always written
     extras: tuple[str, ...]  # documented, written when some object has a value
     families: tuple[str, ...]  # prefixes of open-ended columns (custom keys, user properties)
@@ -114,19 +112,19 @@ class _Layout:
         return tuple(header)
 
 
-def _family(column: str, layout: _Layout) -> str | None:
+def _family(column: str, layout: _FeedColumns) -> str | None:
     """The longest family prefix of `column` (``conversion_items.custom.x`` is not ``custom.``)."""
     matches = [f for f in layout.families if column.startswith(f)]
     return max(matches, key=len) if matches else None
 
 
-_LAYOUTS: dict[str, _Layout] = {
-    "conversions": _Layout(TEMPLATE_HEADER, _CONVERSION_EXTRAS, _CONVERSION_FAMILIES),
-    "products": _Layout(PRODUCT_HEADER, _PRODUCT_EXTRAS, _PRODUCT_FAMILIES),
+_LAYOUTS: dict[str, _FeedColumns] = {
+    "conversions": _FeedColumns(TEMPLATE_HEADER, _CONVERSION_EXTRAS, _CONVERSION_FAMILIES),
+    "products": _FeedColumns(PRODUCT_HEADER, _PRODUCT_EXTRAS, _PRODUCT_FAMILIES),
 }
 
 
-def _check_placeable(columns: Iterable[str], layout: _Layout, what: str) -> None:
+def _check_placeable(columns: Iterable[str], layout: _FeedColumns, what: str) -> None:
     """Refuse a property the feed has no column for, rather than drop it silently."""
     for column in columns:
         if column in layout.base or column in layout.extras:

@@ -23,7 +23,7 @@ PROGRESS_LOG_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
-class Plan:
+class ShipPlan:
     """How a shipment of `objects` would go at the documented rates, without sending."""
 
     objects: int
@@ -52,7 +52,7 @@ def plan(
     kind: Kind = "conversions",
     *,
     products_from_conversions: bool = False,
-) -> Plan:
+) -> ShipPlan:
     """The dry-run figures for shipping `n_objects` of `kind` with `settings`."""
     size = choose_batch_size(settings)
     batches = math.ceil(n_objects / size) if n_objects > 0 else 0
@@ -61,7 +61,7 @@ def plan(
     target = endpoint(
         settings, resolve_kind(kind, products_from_conversions=products_from_conversions)
     )
-    return Plan(
+    return ShipPlan(
         objects=n_objects,
         batches=batches,
         batch_size=size,
