@@ -106,8 +106,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         output,
         to=args.to,
         kind=args.kind,
-        settings=_convert_settings(args),
-        mapping=args.mapping,
+        settings=_convert_settings(args),  # --mapping included: one route to the engine
         report_path=args.report,
         rejects_path=args.rejects,
         products_from_conversions=args.products_from_conversions,

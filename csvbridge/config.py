@@ -144,50 +144,48 @@ class ConvertSettings(_Section):
     gzip_ratio_after_bytes: int = Field(_LIMITS.gzip_ratio_after_bytes, ge=0)
 
 
-class FeedSettings(_Section):
-    """Where and how CSV feeds are written (sink `feed`)."""
+class Credentials(_Section):
+    """How to log in to a drop or a feed target: one section shape for both, so a key
+    means the same in each (and the filesystem registry reads them alike)."""
 
-    target: str = "file://./feeds"
-    filename_template: str = "{kind}_{timestamp}.csv"
-    gzip: bool = False
-    upload_empty: bool = False
     username: str | None = None
     password: SecretStr | None = None
-    private_key: Path | None = None
+    private_key: Path | None = None  # SFTP key file (rsa, ecdsa, ed25519)
     private_key_passphrase: SecretStr | None = None
-    known_hosts: Path | None = None
-    host_key_fingerprint: str | None = None
-    allow_unknown_host: bool = False
+    known_hosts: Path | None = None  # SFTP: OpenSSH known_hosts to check the host key
+    host_key_fingerprint: str | None = None  # "SHA256:..." as printed by ssh-keygen -l
+    allow_unknown_host: bool = False  # SFTP: never true in production
     ca_file: Path | None = None  # FTPS: a CA (or self-signed certificate) to trust
     implicit_tls: bool = False  # FTPS: TLS from the first byte (port 990)
-    # temporary upload name, {name} and {token}; unset: ".{name}.{token}.part", else
-    # "{name}.{token}.part" when the server refuses hidden names (pure-ftpd)
-    upload_temp_name: str | None = None
-    upload_temp_folder: str | None = None  # upload into this folder, then move into place
 
     _strip_secrets = field_validator("password", "private_key_passphrase", mode="before")(
         _strip_secret
     )
 
 
-class SourceSettings(_Section):
-    """One drop to watch: a local folder, an FTP/FTPS or an SFTP directory."""
+class FeedSettings(Credentials):
+    """Where and how CSV feeds are written (sink `feed`)."""
+
+    target: str = "file://./feeds"
+    filename_template: str = "{kind}_{timestamp}.csv"
+    gzip: bool = False
+    upload_empty: bool = False
+    # temporary upload name, {name} and {token}; unset: ".{name}.{token}.part", else
+    # "{name}.{token}.part" when the server refuses hidden names (pure-ftpd)
+    upload_temp_name: str | None = None
+    upload_temp_folder: str | None = None  # upload into this folder, then move into place
+
+
+class SourceSettings(Credentials):
+    """One drop to watch: a local folder, an FTP/FTPS or an SFTP directory (or a shop
+    API, or csvbridge's own FTP drop)."""
 
     name: str
     url: str  # file:///srv/drop, ftp://user@host:21/dir, ftps://..., sftp://user@host:22/dir
     kind: Kind = "conversions"
     sinks: list[SinkName] = ["api"]
-    username: str | None = None
-    password: SecretStr | None = None
-    private_key: Path | None = None
-    private_key_passphrase: SecretStr | None = None
-    known_hosts: Path | None = None
-    host_key_fingerprint: str | None = None  # "SHA256:..." as printed by ssh-keygen -l
-    allow_unknown_host: bool = False
     passive: bool = True
     timeout_seconds: float = 30
-    ca_file: Path | None = None  # FTPS: a CA (or self-signed certificate) to trust
-    implicit_tls: bool = False  # FTPS: TLS from the first byte (port 990)
     # FTP: the zone of the server's file times: "auto" measures it with a probe file,
     # "UTC" (the standard), or an IANA name ("Europe/Paris") for vsftpd use_localtime
     server_timezone: str = "auto"
@@ -213,9 +211,7 @@ class SourceSettings(_Section):
     # the embedded FTP drop (url: ftpserver://0.0.0.0:2121/): users, TLS, homes...
     ftpserver: FtpDropSettings | None = None
 
-    _strip_secrets = field_validator(
-        "password", "private_key_passphrase", "api_key", "api_password", mode="before"
-    )(_strip_secret)
+    _strip_api_secrets = field_validator("api_key", "api_password", mode="before")(_strip_secret)
 
     @model_validator(mode="after")
     def _needs_its_section(self) -> SourceSettings:
