@@ -448,17 +448,16 @@ class SqlLedger:
         with self._write() as c:
             now = self._now(c)
             row = c.execute(
-                "UPDATE replicas SET heartbeat_at = ?, expires_at = ? WHERE owner = ? "
-                "RETURNING expires_at",
-                (now, now + ttl, owner.token),
+                f"SELECT expires_at FROM replicas WHERE owner = ?{self._for_update}",
+                (owner.token,),
             ).fetchone()
-            in_time = row is not None
-            if row is None:
-                c.execute(
-                    "INSERT INTO replicas (owner, host, pid, started_at, heartbeat_at, "
-                    "expires_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (owner) DO NOTHING",
-                    (owner.token, owner.host, owner.pid, now, now, now + ttl),
-                )
+            in_time = row is not None and float(row[0]) >= now
+            c.execute(
+                "INSERT INTO replicas (owner, host, pid, started_at, heartbeat_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (owner) DO UPDATE SET "
+                "heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at",
+                (owner.token, owner.host, owner.pid, now, now, now + ttl),
+            )
             held = c.execute(
                 "UPDATE leases SET expires_at = ? WHERE owner = ? RETURNING name",
                 (now + ttl, owner.token),
