@@ -497,3 +497,28 @@ def test_a_claim_is_ours_until_its_owner_is_gone(tmp_path: Path) -> None:
     stranger = Owner("elsewhere.example", "boot", 1, "1")
     assert stranger.alive()
     assert Owner.parse(stranger.token) == stranger and Owner.parse("garbage") is None
+
+
+def test_a_replica_whose_heartbeat_came_too_late_stops_itself(tmp_path: Path) -> None:
+    """Its claims and leases may have been taken over meanwhile: it must not go on."""
+    import threading
+
+    from csvbridge.config import StateSettings
+    from csvbridge.drops.lock import me
+    from csvbridge.drops.replicas import Replica
+
+    stop = threading.Event()
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        replica = Replica(ledger, StateSettings(lease_seconds=1), stop=stop).start()
+        try:
+            assert replica.hold("token:x") is None
+            assert replica.hold("token:x") is None  # re-entrant
+            assert not stop.wait(1.0)  # renewed every third of a second: all is well
+            assert {lease.name for lease in ledger.leases() if lease.alive} == {"token:x"}
+            ledger.register_replica(me(), -1)  # as if this process had stalled past expiry
+            assert stop.wait(5), "the replica did not stop"
+            assert replica.lost
+        finally:
+            replica.close()
+        # a lost replica leaves its rows to whoever took over
+        assert [r.owner for r in ledger.replicas()] == [me().token]

@@ -77,12 +77,12 @@ class Replica:
 
     def _beat(self) -> None:
         while not self._closed.wait(self.ttl / 3):
-            try:
-                in_time, held = self.ledger.heartbeat(self.owner, self.ttl)
-            except Exception as exc:  # the database is away: keep trying until expiry
-                log.warning("replica heartbeat failed: %s", exc)
-                continue
-            with self._lock:
+            with self._lock:  # not while `hold` takes a lease: it would look lost
+                try:
+                    in_time, held = self.ledger.heartbeat(self.owner, self.ttl)
+                except Exception as exc:  # the database is away: keep trying until expiry
+                    log.warning("replica heartbeat failed: %s", exc)
+                    continue
                 lost = {n for n in self._held if n not in held}
             if not in_time or lost:
                 self.lost = True
