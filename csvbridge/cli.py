@@ -195,6 +195,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watch(settings)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from csvbridge.status import ledger_status
+
+    status = ledger_status(load_settings(args.config))
+    print(json.dumps(status.as_dict(), indent=2) if args.json else status.describe())
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from csvbridge.demo import run_demo
 
@@ -318,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="csvbridge config file (YAML)")
     p.add_argument("--metrics-port", type=_port, help="serve /healthz and /metrics here")
     p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser(
+        "status", help="what the ledger says: files, progress, errors, replicas, leases"
+    )
+    p.add_argument("--config", type=Path, required=True, help="csvbridge config file (YAML)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
         "demo", help="the whole job on shipped fixtures: local drop + built-in API emulator"

@@ -228,9 +228,23 @@ class SourceSettings(Credentials):
 
 
 class StateSettings(_Section):
-    ledger: Path = Path("csvbridge-state/ledger.sqlite")
+    # a SQLite file (the default), or postgresql://user@host:port/db shared by replicas
+    ledger: Path | str = Path("csvbridge-state/ledger.sqlite")
+    ledger_password: SecretStr | None = None  # or CSVBRIDGE_LEDGER_PASSWORD, PGPASSWORD
+    retention_days: float | None = Field(default=None, gt=0)  # prune finished files' ids
+    lease_seconds: float = Field(default=30.0, ge=1, le=3600)  # replica heartbeat lease
     work_dir: Path = Path("csvbridge-state/work")
     lock_file: Path = Path("csvbridge-state/csvbridge.lock")
+
+    _strip_ledger_password = field_validator("ledger_password", mode="before")(_strip_secret)
+
+    @field_validator("ledger", mode="before")
+    @classmethod
+    def _ledger_target(cls, v: Any) -> Any:
+        """A ``postgresql://`` URL stays a string (a Path would fold its ``//``)."""
+        if isinstance(v, str) and v.lower().startswith(("postgresql://", "postgres://")):
+            return v
+        return Path(v) if isinstance(v, str) else v
 
 
 class LogSettings(_Section):
@@ -263,6 +277,7 @@ ENV_OVERRIDES = {
     "CSVBRIDGE_EVENTS_URL": ("events", "base_url"),
     "CSVBRIDGE_EVENTS_SITE_ID": ("events", "site_id"),
     "CSVBRIDGE_EVENTS_TOKEN": ("events", "token"),
+    "CSVBRIDGE_LEDGER_PASSWORD": ("state", "ledger_password"),
 }
 
 
@@ -334,6 +349,7 @@ def register_secrets(settings: Settings) -> None:
     an error raised before a client is built cannot print one."""
     values = [settings.api.token, settings.feed.password, settings.feed.private_key_passphrase]
     values.append(settings.events.token)
+    values.append(settings.state.ledger_password)
     for src in settings.sources:
         values += [src.password, src.private_key_passphrase, src.api_key, src.api_password]
     for value in values:
@@ -354,7 +370,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         return p if p is None or p.is_absolute() else base / p
 
     settings.convert.mapping = fix(settings.convert.mapping)
-    settings.state.ledger = fix(settings.state.ledger)  # type: ignore[assignment]
+    if isinstance(settings.state.ledger, Path):
+        settings.state.ledger = fix(settings.state.ledger)  # type: ignore[assignment]
     settings.state.work_dir = fix(settings.state.work_dir)  # type: ignore[assignment]
     settings.state.lock_file = fix(settings.state.lock_file)  # type: ignore[assignment]
     for src in settings.sources:

@@ -33,4 +33,4 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-pytest_plugins = ["tests.plugins.api", "tests.plugins.servers"]
+pytest_plugins = ["tests.plugins.api", "tests.plugins.servers", "tests.plugins.postgres"]

@@ -80,7 +80,7 @@ def remount(path: Path, mode: str) -> None:
 def fill(folder: Path) -> Path:
     """Write a filler file until the file system is full; returns it (delete to free)."""
     filler = folder / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush at close
         try:
             while True:
                 f.write(b"\0" * 65536)

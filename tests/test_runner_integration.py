@@ -146,7 +146,7 @@ def test_a_version_2_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> No
     import sqlite3
 
     from csvbridge.drops.ledger import Ledger
-    from csvbridge.drops.ledger_rows import MIGRATIONS
+    from csvbridge.drops.ledger_rows import MIGRATIONS, SCHEMA_VERSION
 
     path = tmp_path / "ledger.sqlite"
     con = sqlite3.connect(path)
@@ -163,7 +163,7 @@ def test_a_version_2_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> No
     con.commit()
     con.close()
     with Ledger(path) as ledger:
-        assert ledger.schema_version == 3
+        assert ledger.schema_version == SCHEMA_VERSION
         assert ledger.accepted_ids(1) == {"A"}  # the bulk API's progress is kept
         assert ledger.sent_event_ids(1) == set()  # and owes the events sink everything
         ledger.record_events(1, 1, ["A", "B"], ["C"])

@@ -19,6 +19,7 @@ from csvbridge.drops.ledger import (
     make_fingerprint,
     sha256_file,
 )
+from csvbridge.drops.ledger_rows import SCHEMA_VERSION
 from csvbridge.drops.lock import PassLock
 from csvbridge.drops.stages import Stages, rejects_name, report_name
 from csvbridge.errors import LockedError, TerminalError
@@ -77,15 +78,16 @@ def test_fingerprint_includes_size() -> None:
 def test_schema_created_in_wal_mode_and_migrated_once(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "state" / "ledger.sqlite"
     with Ledger(path) as ledger:
-        assert ledger.schema_version == 3
+        assert ledger.schema_version == SCHEMA_VERSION
     with Ledger(path) as ledger:  # reopening does not migrate again
-        assert ledger.schema_version == 3
+        assert ledger.schema_version == SCHEMA_VERSION
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 3
+    assert con.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"schema_version", "files", "batches", "conversions", "claims"} <= tables
     assert {"events", "cursors"} <= tables  # migration 3
+    assert {"replicas", "leases", "source_errors"} <= tables  # migration 4
     con.close()
 
 
@@ -201,7 +203,7 @@ def test_files_newest_first_and_stats(tmp_path: Path) -> None:
         assert s["files"] == {"processing": 2, "done": 2, "failed": 1}
         assert s["files_total"] == 5 and s["files_resumed"] == 1
         assert (s["rows"], s["shipped"], s["rejected"], s["not_shipped"]) == (9, 6, 2, 1)
-        assert s["batches_recorded"] == 1 and s["schema_version"] == 3
+        assert s["batches_recorded"] == 1 and s["schema_version"] == SCHEMA_VERSION
         assert s["last_done_at"] == ledger.get(ids[2]).finished_at
 
 
@@ -272,7 +274,7 @@ print("committed 0", flush=True)
 
 def bomb(sql):
     # fires after the batch's ids were inserted, before the transaction commits
-    if sql.startswith("INSERT OR REPLACE INTO batches"):
+    if sql.startswith("INSERT INTO batches"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 ledger._conn.set_trace_callback(bomb)
@@ -495,3 +497,28 @@ def test_a_claim_is_ours_until_its_owner_is_gone(tmp_path: Path) -> None:
     stranger = Owner("elsewhere.example", "boot", 1, "1")
     assert stranger.alive()
     assert Owner.parse(stranger.token) == stranger and Owner.parse("garbage") is None
+
+
+def test_a_replica_whose_heartbeat_came_too_late_stops_itself(tmp_path: Path) -> None:
+    """Its claims and leases may have been taken over meanwhile: it must not go on."""
+    import threading
+
+    from csvbridge.config import StateSettings
+    from csvbridge.drops.lock import me
+    from csvbridge.drops.replicas import Replica
+
+    stop = threading.Event()
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        replica = Replica(ledger, StateSettings(lease_seconds=1), stop=stop).start()
+        try:
+            assert replica.hold("token:x") is None
+            assert replica.hold("token:x") is None  # re-entrant
+            assert not stop.wait(1.0)  # renewed every third of a second: all is well
+            assert {lease.name for lease in ledger.leases() if lease.alive} == {"token:x"}
+            ledger.register_replica(me(), -1)  # as if this process had stalled past expiry
+            assert stop.wait(5), "the replica did not stop"
+            assert replica.lost
+        finally:
+            replica.close()
+        # a lost replica leaves its rows to whoever took over
+        assert [r.owner for r in ledger.replicas()] == [me().token]

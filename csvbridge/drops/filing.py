@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csvbridge.config import Settings, SourceSettings
-from csvbridge.drops.ledger import FileEntry, Ledger, make_fingerprint, sha256_file
+from csvbridge.drops.ledger import FileEntry, LedgerStore, make_fingerprint, sha256_file
 from csvbridge.drops.outcome import FileOutcome, LeftForRetry
+from csvbridge.drops.replicas import Replica, describe_owner, token_lease
 from csvbridge.drops.stages import REPORT_SUFFIX, Stages
 from csvbridge.errors import CsvBridgeError, StopsRun, TransientError
 from csvbridge.files import open_private
@@ -66,16 +67,39 @@ class FileWork:
     """What handling a file of one source needs; `run` handles one file."""
 
     settings: Settings
-    ledger: Ledger
+    ledger: LedgerStore
     fs: FileSystem
     source: SourceSettings
     stages: Stages
     stop: threading.Event
     progress: bool | None = False
+    replica: Replica | None = None  # shipping needs its token's lease among replicas
 
     def run(self, info: FileInfo, *, claimed: bool) -> FileOutcome:
         """Handle one file; raises `LeftForRetry` when the environment failed (the file
-        stays), and `StopsRun` errors unchanged."""
+        stays), and `StopsRun` errors unchanged.  With replicas, a file shipped to the
+        API is only taken while this replica holds the lease of its token."""
+        api = getattr(self.source, "api", None) or self.settings.api
+        lease = token_lease(api) if self.replica and "api" in self.source.sinks else None
+        if lease is None or self.replica is None:
+            return self._run(info, claimed=claimed)
+        try:
+            holder = self.replica.hold(lease)
+        except Exception as exc:
+            raise self._retry(info.name, reason_of(exc)) from None
+        if holder is not None:
+            return FileOutcome(
+                info.name,
+                self.source.name,
+                FileState.SKIPPED,
+                reason=f"another replica ships with this API token ({describe_owner(holder)})",
+            )
+        try:
+            return self._run(info, claimed=claimed)
+        finally:
+            self.replica.give_back(lease)
+
+    def _run(self, info: FileInfo, *, claimed: bool) -> FileOutcome:
         name, source = info.name, self.source.name
         path = info.path if claimed else self._claim(info)
         if path is None:

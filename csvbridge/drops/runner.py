@@ -29,6 +29,7 @@ source, so an export that updates a conversion never overtakes the one creating 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import threading
@@ -38,9 +39,10 @@ from collections.abc import Callable
 from csvbridge.config import Settings, SourceSettings
 from csvbridge.drops.filing import MARKER_SUFFIX, FileWork, marker_for, reason_of
 from csvbridge.drops.inboxes import commercehq_inbox, ftp_homes, kind_of, pull_commercehq
-from csvbridge.drops.ledger import Ledger
+from csvbridge.drops.ledger import open_ledger
 from csvbridge.drops.lock import PassLock
 from csvbridge.drops.outcome import FileOutcome, LeftForRetry, PassSummary, SourceResult
+from csvbridge.drops.replicas import Replica
 from csvbridge.drops.stages import Stages, name_problem
 from csvbridge.errors import StopsRun
 from csvbridge.filesystems import Connections, FileInfo, FileSystem, Skipped
@@ -73,7 +75,15 @@ class Runner:
         self.metrics = metrics or Metrics()
         self.progress = progress
         self.clock = clock
-        self.ledger = Ledger(settings.state.ledger)
+        password = settings.state.ledger_password
+        self.ledger = open_ledger(
+            settings.state.ledger, password=password.get_secret_value() if password else None
+        )
+        try:
+            self.replica = Replica(self.ledger, settings.state, stop=self.stop).start()
+        except BaseException:
+            self.ledger.close()
+            raise
         # source -> path -> (size, mtime, polls seen unchanged, when that count last moved)
         self.seen: dict[str, dict[str, tuple[int, float | None, int, float]]] = {}
         self.warned: set[tuple[str, str]] = set()  # (source, name) skipped with a warning
@@ -83,6 +93,7 @@ class Runner:
 
     def close(self) -> None:
         self.connections.close()
+        self.replica.close()
         self.ledger.close()
 
     # ------------------------------------------------------------------ a pass
@@ -150,7 +161,14 @@ class Runner:
             stages = Stages()
             stages.prepare(fs, create=source.create_missing)
             work = FileWork(
-                self.settings, self.ledger, fs, source, stages, self.stop, self.progress
+                self.settings,
+                self.ledger,
+                fs,
+                source,
+                stages,
+                self.stop,
+                self.progress,
+                replica=self.replica,
             )
             for info in self._resumable(fs, source, stages, result):
                 if self.stop.is_set() or result.unfinished:
@@ -172,6 +190,8 @@ class Runner:
         result.error = reason
         self.last_error = f"{source.name}: {reason}"
         log.error("source %s: %s", source.name, reason)
+        with contextlib.suppress(Exception):  # for `csvbridge status`; best effort
+            self.ledger.note_error(source.name, reason)
         log.debug("source %s failed", source.name, exc_info=exc)
 
     def _handle(
