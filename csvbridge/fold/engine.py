@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from csvbridge.config import ConvertSettings
-from csvbridge.errors import InputError
+from csvbridge.errors import CsvBridgeError, InputError
 from csvbridge.fold import regroup
 from csvbridge.fold.assemble import Built, Plan
 from csvbridge.fold.build import Overflow, build_run
@@ -367,7 +367,12 @@ def convert(
         mapping=mapping,
         products_from_conversions=products_from_conversions,
     )
-    plan, _ = spec.compile()  # fails early (missing columns) before any worker starts
+    try:
+        plan, _ = spec.compile()  # fails early (missing columns) before any worker starts
+    except CsvBridgeError as exc:
+        if sheet is None or not sheet.hint():
+            raise
+        raise type(exc)(exc.message + sheet.hint(), **exc.context) from None
     report = Report(file=label, kind=kind)
     report.dialect = {**dialect.as_dict(), "decimal_comma": decimal_comma, "columns": len(header)}
     if sheet is not None:

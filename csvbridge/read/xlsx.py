@@ -37,7 +37,7 @@ from csvbridge.files import open_private
 XLSX = "an Excel workbook (xlsx)"
 INSTALL_HINT = "install csvbridge[pandas] (pandas + openpyxl) to read it"
 EXCEL_DIGITS = 15  # Excel keeps (and shows) 15 significant digits of a number
-_ZERO_PADDED = re.compile(r'^"?(0+)"?$')  # "00000": a postal code stored as a number
+_ZERO_PADDED = re.compile(r"^(0+)$")  # "00000": a postal code stored as a number
 _TIME_CODES = re.compile(r"[hs]|AM/PM", re.I)
 
 
@@ -118,6 +118,17 @@ class SheetCsv:
     starts: list[int] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     identity: bool = True  # CSV line n is sheet row n for every row
+    others: list[str] = field(default_factory=list)  # the workbook's other sheets
+
+    def hint(self) -> str:
+        """Said when the sheet's header does not fit: maybe another sheet was meant."""
+        if not self.others:
+            return ""
+        names = ", ".join(map(repr, self.others))
+        return (
+            f" (read sheet {self.sheet!r}; the workbook also has {names}: choose one with "
+            "--sheet or convert.sheet)"
+        )
 
     def row_of(self, line: int) -> int:
         """The sheet row of a CSV line (a line inside a multi-line cell: its row's)."""
@@ -162,7 +173,7 @@ def sheet_to_csv(
             ws = wb.worksheets[0]
         if not hasattr(ws, "iter_rows"):
             raise InputError(f"sheet {ws.title!r} is a chart, not a table of rows", file=file)
-        out = SheetCsv(dest, ws.title)
+        out = SheetCsv(dest, ws.title, others=[n for n in wb.sheetnames if n != ws.title])
         with open_private(dest, "w", encoding="utf-8", newline="") as f:
             _write_rows(ws, csv.writer(f, lineterminator="\n"), f, out)
         return out
