@@ -170,9 +170,7 @@ def test_number_text_never_uses_an_exponent() -> None:
 # --------------------------------------------------------------------------- convert
 
 
-def test_typed_workbook_converts_like_the_csv_a_person_reads(
-    tmp_path: Path, mapping: Path
-) -> None:
+def test_typed_workbook_converts_like_the_csv_a_person_reads(tmp_path: Path, mapping: Path) -> None:
     book = write_book(tmp_path / "orders.xlsx", typed_rows())
     oracle = tmp_path / "orders.csv"
     oracle.write_text(EXPECTED_CSV)
