@@ -29,7 +29,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from csvbridge.errors import InputError
 from csvbridge.files import open_private
@@ -138,16 +138,17 @@ class SheetCsv:
         return self.rows[at] if at >= 0 else line
 
 
-def _open(path: Path, file: str | None) -> Any:
+def _open(f: BinaryIO, file: str | None) -> Any:
     if not available():
         raise InputError(
             f"this is {XLSX}: {INSTALL_HINT}, or save the sheet as 'CSV UTF-8'", file=file
         )
     import openpyxl
+    from openpyxl.utils.exceptions import InvalidFileException
 
     try:
-        return openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        return openpyxl.load_workbook(f, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, InvalidFileException, KeyError, ValueError, OSError) as exc:
         raise InputError(
             f"the Excel workbook cannot be read ({type(exc).__name__}: {exc}); "
             "open it in Excel and save it again, or save the sheet as 'CSV UTF-8'",
@@ -160,7 +161,13 @@ def sheet_to_csv(
 ) -> SheetCsv:
     """Write one sheet of the workbook at `path` (the first, or the one named `sheet`)
     as a UTF-8 CSV at `dest`, streaming (read-only mode: memory stays flat)."""
-    wb = _open(Path(path), file)
+    # a file object: openpyxl judges a path by its extension, and people rename
+    # workbooks to .csv; the content (a zip with xl/) already said what it is
+    with open(path, "rb") as f:
+        return _sheet(_open(f, file), dest, sheet, file)
+
+
+def _sheet(wb: Any, dest: Path, sheet: str | None, file: str | None) -> SheetCsv:
     try:
         if sheet is not None:
             if sheet not in wb.sheetnames:
