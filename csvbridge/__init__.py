@@ -8,6 +8,7 @@ The library face.  Everything the command line does is one call here::
     settings = csvbridge.load_settings("csvbridge.yaml")
     outcome = csvbridge.send_file("orders.csv", settings)       # convert + ship
     summary = csvbridge.run_once(settings)                       # one pass (cron)
+    done = csvbridge.convert_dataframe(df, mapping="mapping.yaml")  # pandas extra
 
 Names are imported on first use, so ``import csvbridge`` stays cheap for the CLI.
 """
@@ -26,6 +27,12 @@ _FACE = {
     "convert_file": "csvbridge.fold.engine",
     "Converted": "csvbridge.fold.engine",
     "read_records": "csvbridge.fold.engine",
+    # DataFrames (the pandas extra): same engine, rows named by their labels
+    "convert_dataframe": "csvbridge.dataframe",
+    "ship_dataframe": "csvbridge.dataframe",
+    "to_dataframe": "csvbridge.dataframe",
+    "FrameConverted": "csvbridge.dataframe",
+    "FrameOutcome": "csvbridge.dataframe",
     # ship: convert + deliver one file; the bulk API client alone
     "send_file": "csvbridge.pipeline",
     "process_file": "csvbridge.pipeline",
@@ -59,6 +66,11 @@ __all__ = [
     "convert_file",
     "Converted",
     "read_records",
+    "convert_dataframe",
+    "ship_dataframe",
+    "to_dataframe",
+    "FrameConverted",
+    "FrameOutcome",
     "send_file",
     "process_file",
     "Outcome",
@@ -99,6 +111,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from csvbridge.config import ConvertSettings, Settings, load_settings
+    from csvbridge.dataframe import (
+        FrameConverted,
+        FrameOutcome,
+        convert_dataframe,
+        ship_dataframe,
+        to_dataframe,
+    )
     from csvbridge.drops.daemon import watch
     from csvbridge.drops.outcome import PassSummary
     from csvbridge.drops.runner import run_once

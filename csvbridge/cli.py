@@ -81,6 +81,7 @@ def _convert_settings(
             "workers": args.workers,
             "decimal_comma": args.decimal_comma,
             "mapping": args.mapping,
+            "sheet": args.sheet,
         }.items()
         if v is not None
     }
@@ -272,7 +273,7 @@ def cmd_debug_codegen(args: argparse.Namespace) -> int:
 
 def _add_convert_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `convert` and `send`: the input, its reading, the report."""
-    p.add_argument("input", help="CSV file (.csv or .csv.gz), or - for stdin")
+    p.add_argument("input", help="CSV file (.csv or .csv.gz), Excel .xlsx, or - for stdin")
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--rejects", type=Path, help="write rejected rows here (source dialect)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
@@ -282,6 +283,7 @@ def _add_convert_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoding", help="force the file encoding (default: detect)")
     p.add_argument("--delimiter", help="force the delimiter (default: detect)")
     p.add_argument("--decimal-comma", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--sheet", help="an Excel workbook's sheet to read (default: the first)")
     p.add_argument("--kind", choices=("conversions", "products"), default="conversions")
     p.add_argument(
         "--products-from-conversions",

@@ -132,6 +132,7 @@ class ConvertSettings(_Section):
     encoding: str | None = None  # None: detect (UTF-8 with/without BOM, then cp1252)
     delimiter: str | None = None  # None: detect among , ; tab |
     decimal_comma: bool | None = None  # None: assume it in ;-delimited files only
+    sheet: str | None = None  # an Excel workbook's sheet to read (None: the first)
     workers: int | None = Field(None, ge=1)  # None: one per CPU
     # reader caps (csvbridge.read.limits.ReadLimits; null switches one off): a file
     # past one is refused with an error naming where
@@ -192,7 +193,7 @@ class SourceSettings(Credentials):
     # a missing local drop folder is an error of the source (a misspelt path must not
     # become an empty folder every pass reports as "0 files") unless this says create it
     create_missing: bool = False
-    include: list[str] = ["*.csv", "*.csv.gz"]
+    include: list[str] = ["*.csv", "*.csv.gz", "*.xlsx"]
     exclude: list[str] = []
     min_age_seconds: float = 10
     stable_polls: int = Field(1, ge=0)  # polls with unchanged size+mtime before taking

@@ -10,6 +10,7 @@ same report, so a user reads one format.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TextIO
@@ -206,6 +207,20 @@ class Report:
     outputs: dict[str, str] = field(default_factory=dict)
     problems: ProblemLog = field(default_factory=ProblemLog)
     fatal: str | None = None  # set when the file could not be used at all
+    # names of source lines in the report (a sheet's row numbers, a DataFrame's labels):
+    # lines stay CSV line numbers inside; they are named when the report is written
+    line_labels: Callable[[int], Any] | None = field(default=None, repr=False, compare=False)
+
+    def label(self, line: int) -> Any:
+        """What the report calls source line `line`."""
+        return line if self.line_labels is None else self.line_labels(line)
+
+    def _labelled(self, problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.line_labels is not None:
+            for p in problems:
+                meta = p["meta"]
+                meta["line_numbers"] = [self.line_labels(n) for n in meta["line_numbers"]]
+        return problems
 
     @property
     def accounted(self) -> bool:
@@ -241,8 +256,8 @@ class Report:
             "dialect": self.dialect,
             "outputs": self.outputs,
             "duration_seconds": round(self.duration_seconds, 3),
-            "errors": self.problems.errors,
-            "warnings": self.problems.warnings,
+            "errors": self._labelled(self.problems.errors),
+            "warnings": self._labelled(self.problems.warnings),
         }
 
     def to_json(self) -> bytes:
@@ -265,9 +280,9 @@ class Report:
         if self.events is not None:
             e = self.events
             lines.append(f"  events: sent {e.sent}, rejected {e.rejected}, not sent {e.not_sent}")
-        for e in self.problems.errors[:10]:
+        for e in self._labelled(self.problems.errors[:10]):
             lines.append(_short("error", e))
-        for w in self.problems.warnings[:5]:
+        for w in self._labelled(self.problems.warnings[:5]):
             lines.append(_short("warning", w))
         return "\n".join(lines)
 

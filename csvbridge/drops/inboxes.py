@@ -54,7 +54,7 @@ def as_local(source: SourceSettings, folder: Path, *, name: str | None = None) -
             "stable_polls": 0,
             "done_marker": False,
             "create_missing": True,
-            "include": ["*.csv", "*.csv.gz"],
+            "include": ["*.csv", "*.csv.gz", "*.xlsx"],
             "exclude": [],
             "ftpserver": None,
             "api_key": None,

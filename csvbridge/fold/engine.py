@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from csvbridge.config import ConvertSettings
-from csvbridge.errors import InputError
+from csvbridge.errors import CsvBridgeError, InputError
 from csvbridge.fold import regroup
 from csvbridge.fold.assemble import Built, Plan
 from csvbridge.fold.build import Overflow, build_run
@@ -314,12 +314,16 @@ def convert(
     name: str | None = None,
     products_from_conversions: bool = False,
     chunk_bytes: int = CHUNK_BYTES,
+    line_labels: Callable[[int], Any] | None = None,
 ) -> Converted:
     """Convert one CSV export (a path, or a binary stream) into ``work_dir``.
 
     Raises `InputError` for a file that cannot be used at all; every other problem is a
     rejected object or a warning in the returned report.  A path is always a file
-    (``-`` too): the command line hands stdin over as a stream.
+    (``-`` too): the command line hands stdin over as a stream.  An Excel workbook
+    (.xlsx) is read too: its sheet becomes a CSV in ``work_dir`` first (`read.xlsx`).
+    ``line_labels`` names the rows in the report in place of line numbers (a DataFrame's
+    row labels).
     """
     settings = settings or ConvertSettings()
     started = time.monotonic()
@@ -337,6 +341,9 @@ def convert(
     encoding = settings.encoding or (opts.encoding if opts else None)
     delimiter = settings.delimiter or (opts.delimiter if opts else None)
     limits = ReadLimits.from_settings(settings)
+    sheet = _sheet_as_csv(path, work, settings, label)  # an .xlsx: its sheet, as a CSV
+    if sheet is not None:
+        path, encoding, delimiter = sheet.path, "utf-8", ","
     with CsvFile(path, name=label, encoding=encoding, delimiter=delimiter, limits=limits) as csvf:
         dialect, header = csvf.dialect, csvf.header
     work.use_source(path, dialect, limits)
@@ -363,7 +370,12 @@ def convert(
         products_from_conversions=products_from_conversions,
         limits=limits,
     )
-    plan, _ = spec.compile()  # fails early (missing columns) before any worker starts
+    try:
+        plan, _ = spec.compile()  # fails early (missing columns) before any worker starts
+    except CsvBridgeError as exc:
+        if sheet is None or not sheet.hint():
+            raise
+        raise type(exc)(exc.message + sheet.hint(), **exc.context) from None
     report = Report(file=label, kind=kind)
     report.dialect = {**dialect.as_dict(), "decimal_comma": decimal_comma, "columns": len(header)}
     if dialect.encoding_note:  # a guess, or a UTF-8 file with some bad bytes: say so
@@ -375,6 +387,12 @@ def convert(
                 warning=True,
             )
         )
+    if sheet is not None:
+        report.dialect["sheet"] = sheet.sheet
+        if not sheet.identity:  # a cell with a line break: CSV lines are not sheet rows
+            report.line_labels = sheet.row_of
+    if line_labels is not None:
+        report.line_labels = line_labels
     if not products_from_conversions:
         for col, reason in plan.ignored:
             report.problems.add(
@@ -413,6 +431,23 @@ def convert(
     report.duration_seconds = time.monotonic() - started
     report.outputs = {"ndjson": str(work.ndjson)}
     return Converted(report=report, work=work)
+
+
+def _sheet_as_csv(path: Path, work: WorkDir, settings: ConvertSettings, label: str) -> Any:
+    """The sheet of an Excel workbook written as a CSV in the work folder (None: the
+    source is not a workbook).  Same engine afterwards: same validation, report and
+    rejects (a workbook's rejects are a CSV)."""
+    from csvbridge.read.sniff import identify
+    from csvbridge.read.xlsx import XLSX, sheet_to_csv
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return None  # CsvFile says what is wrong with the path
+    if identify(head) != XLSX:
+        return None
+    return sheet_to_csv(path, work.folder / "sheet.csv", sheet=settings.sheet, file=label)
 
 
 def __getattr__(name: str) -> Any:

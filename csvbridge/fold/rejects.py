@@ -92,7 +92,7 @@ def write_rejects(converted: Converted, source: Path, dest: Path) -> int:
                     cells = row.cells
                     if drop >= 0:
                         cells = [restore(c) for i, c in enumerate(cells) if i != drop]
-                    w.writerow([*map(neutralise, cells), f"line {n}: {span.reason}"])
+                    w.writerow([*map(neutralise, cells), f"line {converted.report.label(n)}: {span.reason}"])
                     written += 1
     return written
 

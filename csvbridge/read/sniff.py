@@ -134,7 +134,8 @@ def _utf16_without_bom(head: bytes) -> bool:
 def not_csv_error(what: str, file: str | None) -> InputError:
     advice = {
         "UTF-16 text": "re-export it as UTF-8",
-        "an Excel workbook (xlsx)": "open it and save the sheet as 'CSV UTF-8'",
+        "an Excel workbook (xlsx)": "install csvbridge[pandas] (pandas + openpyxl) to read "
+        "it, or save the sheet as 'CSV UTF-8'",
         "an OpenDocument spreadsheet (ods)": "open it and save the sheet as CSV (UTF-8)",
     }.get(what, "drop the CSV export itself")
     if what == "UTF-16 text":
