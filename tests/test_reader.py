@@ -399,7 +399,7 @@ def test_bare_cr_line_ends_are_a_clear_input_error(tmp_path):
 
 @pytest.mark.parametrize("density", [0.0, 0.01, 0.5])
 def test_quote_counting_matches_bytes_count(density):
-    from csvbridge.read.csvfile import _quotes
+    from csvbridge.read.boundary import _quotes
 
     rnd = random.Random(int(density * 100))
     data = bytes(34 if rnd.random() < density else 97 for _ in range(5000))

@@ -10,11 +10,10 @@ expansion), so memory stays bounded whatever the input.  Then it cuts the byte s
 several processes can parse in parallel (`chunks`), and parses a chunk into rows
 (`parse_chunk`).
 
-Record boundaries: with RFC 4180 quoting every ``"`` toggles the quoted state (an
-escaped quote is two toggles), so a newline is a record end iff the number of quotes
-before it is even.  Where a file breaks that rule (a stray quote inside an unquoted
-field), the chunk's parser notices it — a sentinel line appended to each chunk must come
-back as its own row — and the caller falls back to reading the file in one piece.
+Record boundaries: a newline is a record end iff the number of quotes before it is
+even (`csvbridge.read.boundary`, which also says what happens when a file breaks that
+rule).  Opening and gunzipping, and replaying the sampled head: `csvbridge.read.streams`.
+Both are importable from here too.
 
 Values are never converted here: a gtin, a postal code ``01000`` or an id stays text.
 Ragged rows (more or fewer cells than the header) are returned as such, with their line
@@ -34,9 +33,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from csvbridge.errors import InputError
+from csvbridge.read.boundary import record_end
 from csvbridge.read.limits import (
     DEFAULT_LIMITS,
-    GuardedGzip,
     ReadLimits,
     RecordTooLong,
     cell_error,
@@ -53,11 +52,13 @@ from csvbridge.read.sniff import (  # noqa: F401 - detect_* re-exported
     not_csv_error,
     sniff_encoding,
 )
+from csvbridge.read.streams import GZIP_MAGIC, _Joined, open_binary
 
 csv.field_size_limit(sys.maxsize)
 
 __all__ = [
     "CHUNK_BYTES",
+    "GZIP_MAGIC",
     "CsvFile",
     "Dialect",
     "ParsedChunk",
@@ -68,11 +69,11 @@ __all__ = [
     "open_binary",
     "parse_chunk",
     "parse_lines",
+    "record_end",
 ]
 
 SAMPLE_BYTES = 1 << 20
 CHUNK_BYTES = 1 << 21  # 2 MiB: enough rows to amortise IPC, small enough for flat memory
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,26 +101,6 @@ class Dialect:
             out["encoding_confident"] = self.encoding_confident
             out["encoding_note"] = self.encoding_note
         return out
-
-
-def open_binary(
-    source: str | Path | BinaryIO,
-    limits: ReadLimits = DEFAULT_LIMITS,
-    name: str | None = None,
-) -> tuple[BinaryIO, bool]:
-    """Open a path or a stream; gunzip transparently, within `limits`.  Returns (stream,
-    gz).  (Standard input is the CLI's to pass as a stream: the library never reads it.)"""
-    if isinstance(source, (str, Path)):
-        try:
-            raw: BinaryIO = open(source, "rb")  # noqa: SIM115 - handed to the caller
-        except OSError as exc:
-            raise InputError(f"cannot open input: {exc.strerror}", file=str(source)) from None
-    else:
-        raw = source
-    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
-    if buffered.peek(2)[:2] == GZIP_MAGIC:
-        return GuardedGzip(buffered, limits, name), True  # type: ignore[return-value]
-    return buffered, False
 
 
 class CsvFile:
@@ -276,7 +257,7 @@ class CsvFile:
             if eof:
                 cut = len(buf)
             else:
-                cut = self._boundary(buf, quotes_odd, size)
+                cut = record_end(buf, quotes_odd, size)
                 if cut < 0:  # one record larger than the chunk: read more, up to the cap
                     cap = self.limits.max_record_bytes
                     if cap is None or size < cap:
@@ -385,60 +366,3 @@ class CsvFile:
                 name = self.header[j] if j < len(self.header) else None
                 raise cell_error(start, j + 1, len(cells[j]), cell_cap, name, self.name)
             yield Row(start, cells) if cells and (cells[0] or any(cells)) else None
-
-    @staticmethod
-    def _boundary(buf: bytes, quotes_odd: bool, end: int) -> int:
-        """Index just after the last newline of ``buf[:end]`` outside quotes, or -1."""
-        end = min(end, len(buf))
-        total_odd = quotes_odd ^ (_quotes(buf, 0, end) % 2 == 1)
-        pos = end
-        after_odd = False  # parity of the quotes between `pos` and `end`
-        while True:
-            nl = buf.rfind(b"\n", 0, pos)
-            if nl < 0:
-                return -1
-            # parity before `nl` = parity at `end` minus quotes between them (counted
-            # a stretch at a time: a stray quote must not make this quadratic)
-            after_odd ^= buf.count(b'"', nl, pos) % 2 == 1
-            if not (total_odd ^ after_odd):
-                return nl + 1
-            pos = nl
-
-
-def _quotes(buf: bytes, start: int, end: int) -> int:
-    """Quote characters in ``buf[start:end]``.
-
-    Most exports quote a few fields: jumping from quote to quote with find() (memchr)
-    beats bytes.count, which looks at every byte, several times over.  Past a few
-    hundred quotes, count() is the faster one.
-    """
-    n = 0
-    find = buf.find
-    i = find(b'"', start, end)
-    while i >= 0:
-        n += 1
-        if n == 256:
-            return n + buf.count(b'"', i + 1, end)
-        i = find(b'"', i + 1, end)
-    return n
-
-
-class _Joined(io.RawIOBase):
-    """A raw stream that first returns `head`, then reads from `rest`."""
-
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        self._head = memoryview(head)
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray) -> int:  # type: ignore[override]
-        if self._head:
-            n = min(len(b), len(self._head))
-            b[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._rest.read(len(b))
-        b[: len(data)] = data
-        return len(data)

@@ -19,7 +19,13 @@ How a send works (read `send_events` first):
   request in flight is sent again (with the same ``context.event_id``).
 
 The source key travels in the ``token`` query parameter as documented, so every URL that
-can reach a log or an exception is written with the key masked.
+can reach a log or an exception is written with the key masked (`TrackingClient`).
+
+Where the parts live: `csvbridge.sinks.events_pack` (records to events, request bodies
+within the limits), `csvbridge.sinks.events_client` (`TrackingClient`: HTTP, typed errors,
+the key masked), `csvbridge.sinks.events_results` (`EventBatch`, `EventsResult`); here
+the send itself: pacing, retries, and accounting for every record.  Their public names
+are importable from here.
 """
 
 from __future__ import annotations
@@ -28,258 +34,34 @@ import logging
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import quote
 
-import orjson
-import requests
-from requests.adapters import HTTPAdapter
-
-from csvbridge import __version__
 from csvbridge.config import MAX_BATCH_BYTES, MAX_EVENT_BYTES, EventsSettings
-from csvbridge.errors import (
-    ApiTerminalError,
-    ApiTransientError,
-    AuthError,
-    ConfigError,
-    CsvBridgeError,
-    EventTooLarge,
-)
+from csvbridge.errors import ApiTransientError, AuthError, ConfigError, CsvBridgeError
 from csvbridge.fold.assemble import Record
-from csvbridge.observe import redact, register_secret
 from csvbridge.report import Problem
-from csvbridge.sinks.purchase import to_purchase
+from csvbridge.sinks.events_client import CONNECT_TIMEOUT, MASK, TrackingClient
+from csvbridge.sinks.events_pack import body_of, encode, pack
+from csvbridge.sinks.events_results import EventBatch, EventsResult, _problem
 
 log = logging.getLogger("csvbridge.events")
 
 # The limits (32 KB per event, 500 KB per batch) and `EventsSettings` live in
 # csvbridge.config with the other settings (the sinks package imports the config).
-__all__ = ["MAX_BATCH_BYTES", "MAX_EVENT_BYTES", "EventsSettings", "send_events"]
-_BATCH_OPEN, _BATCH_CLOSE = b'{"batch":[', b"]}"
-CONNECT_TIMEOUT = 10.0
-MASK = "***"
-
-
-# -- results --------------------------------------------------------------------------
-
-
-@dataclass
-class EventBatch:
-    """What became of one request (and of events refused before it); for ``on_batch``."""
-
-    batch_no: int
-    sent: list[Record] = field(default_factory=list)  # the API answered 200
-    rejected: list[tuple[Record, list[Problem]]] = field(default_factory=list)
-    not_sent: list[Record] = field(default_factory=list)  # never answered: retry later
-    event_ids: dict[str, str] = field(default_factory=dict)  # record id -> context.event_id
-    status: int | None = None
-    error: str | None = None
-
-    @property
-    def answered(self) -> bool:
-        return not self.not_sent
-
-    @property
-    def sent_ids(self) -> list[str]:
-        return [r.id for r in self.sent]
-
-    @property
-    def rejected_ids(self) -> list[str]:
-        return [r.id for r, _ in self.rejected]
-
-
-@dataclass(repr=False)
-class EventsResult:
-    """A whole send: every record read is in exactly one list (or counted skipped)."""
-
-    sent_ids: list[str] = field(default_factory=list)
-    rejected: list[tuple[Record, list[Problem]]] = field(default_factory=list)
-    not_sent: list[Record] = field(default_factory=list)
-    skipped: int = 0
-    requests: int = 0
-    retries: int = 0
-    bytes_sent: int = 0
-    status_counts: Counter[int | str] = field(default_factory=Counter)
-    seconds: float = 0.0
-    aborted: str | None = None
-
-    @property
-    def sent(self) -> int:
-        return len(self.sent_ids)
-
-    @property
-    def events_per_second(self) -> float:
-        return self.sent / self.seconds if self.seconds > 0 else 0.0
-
-    def add(self, outcome: EventBatch) -> None:
-        self.sent_ids.extend(outcome.sent_ids)
-        self.rejected.extend(outcome.rejected)
-        self.not_sent.extend(outcome.not_sent)
-
-    def summary(self) -> str:
-        text = (
-            f"sent {self.sent}, rejected {len(self.rejected)}, not sent {len(self.not_sent)}, "
-            f"skipped {self.skipped} in {self.seconds:.1f} s ({self.events_per_second:.0f} "
-            f"events/s, {self.requests} requests, {self.retries} retries)"
-        )
-        return text + (f"; stopped early: {self.aborted}" if self.aborted else "")
-
-    def __repr__(self) -> str:
-        return f"EventsResult({self.summary()})"
-
-
-# -- the client -----------------------------------------------------------------------
-
-
-class TrackingClient:
-    """HTTP to the tracking API; raises typed errors, never shows the source key."""
-
-    def __init__(self, settings: EventsSettings, session: requests.Session | None = None) -> None:
-        self.settings = settings
-        self._token = settings.token.get_secret_value()
-        register_secret(self._token)
-        self._owns_session = session is None
-        if session is None:
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-        self.session = session
-        self._timeout = (min(CONNECT_TIMEOUT, settings.timeout_seconds), settings.timeout_seconds)
-
-    def __repr__(self) -> str:
-        return f"TrackingClient({self.public_url(self.settings.batch)!r})"
-
-    def _url(self, batch: bool, token: str) -> str:
-        path = "/events/batch" if batch else "/events"
-        site = quote(self.settings.site_id, safe="")
-        return f"{self.settings.base_url}{path}?tc_s={site}&token={token}"
-
-    def public_url(self, batch: bool) -> str:
-        """The endpoint as it may be shown: the source key masked."""
-        return self._url(batch, MASK)
-
-    def _clean(self, text: str) -> str:
-        """`text` without the key, raw or URL-quoted (requests puts URLs in messages)."""
-        for form in {self._token, quote(self._token, safe="")}:
-            if form:
-                text = text.replace(form, MASK)
-        return redact(text)
-
-    def post(self, body: bytes, *, batch: bool) -> int:
-        """Send one body; return the status of a 200 or 400, raise for anything else."""
-        try:
-            response = self.session.post(
-                self._url(batch, quote(self._token, safe="")),
-                data=body,
-                headers={
-                    "Content-Type": "application/json",
-                    "User-Agent": f"csvbridge/{__version__}",
-                },
-                timeout=self._timeout,
-            )
-        except requests.Timeout as exc:
-            raise ApiTransientError(f"no answer: {self._reason(exc)}", code="TIMEOUT") from None
-        except requests.ConnectionError as exc:
-            raise ApiTransientError(
-                f"connection failed: {self._reason(exc)}", code="CONNECTION_ERROR"
-            ) from None
-        except requests.RequestException as exc:  # bad URL and the like: configuration
-            raise ApiTerminalError(
-                f"cannot send to {self.public_url(batch)}: {self._reason(exc)}"
-            ) from None
-        status = response.status_code
-        if status in (200, 400) or 200 <= status < 300:
-            return status
-        text = self._clean(response.content[:200].decode("utf-8", "replace")).strip()
-        where = self.public_url(batch)
-        if status in (408, 429) or status >= 500:
-            raise ApiTransientError(
-                f"HTTP {status} from {where}: {text or 'no details'}", status=status
-            )
-        if status in (401, 403):
-            raise AuthError(
-                f"the tracking API refused the source key or site ({where})", status=status
-            )
-        raise ApiTerminalError(f"unexpected HTTP {status} from {where}", status=status)
-
-    def _reason(self, exc: Exception) -> str:
-        inner: Any = exc.args[0] if exc.args else exc
-        inner = getattr(inner, "reason", inner)
-        return self._clean(str(inner))[:300]
-
-    def close(self) -> None:
-        if self._owns_session:
-            self.session.close()
-
-
-# -- packing --------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Event:
-    record: Record
-    event_id: str
-    data: bytes
-
-
-def encode(record: Record, site_id: str) -> _Event:
-    """One record as its serialised event; raises `EventTooLarge` is left to the caller."""
-    event = to_purchase(orjson.loads(record.json), site_id)
-    return _Event(record, event["context"]["event_id"], orjson.dumps(event))
-
-
-def _problem(record: Record, code: str, detail: str) -> Problem:
-    return Problem(code=code, detail=detail, lines=record.lines, id=record.id)
-
-
-def pack(
-    records: Iterable[Record], settings: EventsSettings, refused: list[tuple[Record, Problem]]
-) -> Iterator[list[_Event]]:
-    """Requests' worth of events, greedily filled up to the byte and count limits.
-
-    Events that cannot be sent at all go to `refused` (read by the caller between yields).
-    """
-    limit = settings.max_batch_bytes - len(_BATCH_OPEN) - len(_BATCH_CLOSE)
-    per_request = settings.max_events_per_batch if settings.batch else 1
-    current: list[_Event] = []
-    size = 0
-    for record in records:
-        try:
-            event = encode(record, settings.site_id)
-        except (ValueError, KeyError, TypeError) as exc:  # not a conversion we can read
-            refused.append((record, _problem(record, "NOT_AN_EVENT", f"cannot map: {exc}")))
-            continue
-        if len(event.data) > settings.max_event_bytes:
-            error = EventTooLarge(
-                f"the purchase event is {len(event.data)} bytes, over the "
-                f"{settings.max_event_bytes}-byte limit of one event; not sent",
-                id=record.id,
-            )
-            log.warning("%s", error)
-            refused.append((record, _problem(record, EventTooLarge.code, error.message)))
-            continue
-        added = len(event.data) + (1 if current else 0)  # the comma
-        if current and (size + added > limit or len(current) >= per_request):
-            yield current
-            current, size = [], 0
-            added = len(event.data)
-        current.append(event)
-        size += added
-    if current:
-        yield current
-
-
-def body_of(events: list[_Event], batch: bool) -> bytes:
-    if not batch:
-        return events[0].data
-    return _BATCH_OPEN + b",".join(e.data for e in events) + _BATCH_CLOSE
-
-
-# -- the send -------------------------------------------------------------------------
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "MASK",
+    "MAX_BATCH_BYTES",
+    "MAX_EVENT_BYTES",
+    "EventBatch",
+    "EventsResult",
+    "EventsSettings",
+    "TrackingClient",
+    "body_of",
+    "encode",
+    "pack",
+    "send_events",
+]
 
 
 class _Pacer:

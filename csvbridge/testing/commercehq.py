@@ -27,57 +27,35 @@ the store while a client pages: `add_order` / `update_order`, from the ``on_requ
 hook (called before each list answer) or from another thread.  The stand-in's clock
 (``clock``, shifted by `advance`) stamps ``order_date``/``updated_at`` and the ``Date``
 header, so the client can take the server's time as its own.
+
+Where the parts live: the seeded orders are built in `csvbridge.testing.commercehq_orders`,
+the HTTP server and handler are in `csvbridge.testing.commercehq_http`; this module is
+the API's behaviour (auth, paging, sorting, expansion, faults) and the store.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import hmac
-import logging
 import random
 import re
-import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
 
-log = logging.getLogger("csvbridge.testing.commercehq")
+from csvbridge.testing.commercehq_http import _Answer, _Handler, _Server
+from csvbridge.testing.commercehq_orders import new_order
 
 RELATIONS = ("items", "address", "fulfilments", "shipments", "restocks")
 MAX_PAGE_SIZE = 250
 _ORDER_PATH = re.compile(r"/api/v1/orders(?:/(\d+))?/?")
-
-_CATALOG = (  # sku, title, type, vendor, price, variants
-    ("0170301", "Amazing necklace", "Necklace", None, 13.94, ("Purple", "Gold")),
-    ("BR-2231", "Braided leather bracelet", "Bracelet", "Lumen & Co", 24.50, ("Brown", "Black")),
-    ("TS-100", "Organic cotton tee", "T-Shirt", "Greenthread", 19.99, ("S / Navy", "L / Navy")),
-    ("CAN-3", "Soy candle, cedar", "Home", None, 16.50, ()),
-    ("MUG-12", "Stoneware mug 350 ml", "Kitchen", "Clayworks", 11.00, ("White", "Sand")),
-    ("BAG-7", "Canvas tote bag", "Bags", "Greenthread", 15.50, ()),
-    ("0042007", "Silver ring", "Ring", "Lumen & Co", 39.00, ("6", "7", "8")),
-    ("LMP-310", "Desk lamp LED", "Home", "Lumen", 39.90, ()),
-)
-_PEOPLE = (
-    ("Jack", "Black", "Grove str. 12", None, "Los Santos", "CA", "90250", "US"),
-    ("Maria", "Gonzalez", "77 Elm Street", "Apt 4B", "Amherst", "MA", "01002", "US"),
-    ("Oliver", "Hughes", "3 King's Road", None, "London", "England", "SW3 4TY", "GB"),
-    ("Liam", "Smith", "18 Harbor Ave", "Suite 200", "Portland", "ME", "04101", "US"),
-    ("Emma", "Müller", "Hauptstraße 5", None, "Berlin", "BE", "10115", "DE"),
-    ("Chloé", "Martin", "12 rue de la Paix", None, "Paris", "IDF", "75002", "FR"),
-)
-_PAYMENTS = ("Visa", "MasterCard", "PayPal", "Amex", "Discover")
-_SHIPPING = (("USPS First-Class", "4.25"), ("Super fast shipping", "7.95"), ("Free", "0.00"))
-_PAID = (1, 1, 1, 1, 0, -1, -2)
 
 
 @dataclass
@@ -87,13 +65,6 @@ class StandInStats:
     requests: int = 0
     status_counts: Counter[int] = field(default_factory=Counter)
     pages_served: int = 0
-
-
-@dataclass(slots=True)
-class _Answer:
-    status: int
-    body: Any
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class CommerceHQStandIn:
@@ -186,103 +157,9 @@ class CommerceHQStandIn:
             return copy.deepcopy(order)
 
     def _new_order(self, created: int, n_items: int | None = None) -> dict[str, Any]:
-        rng = self._rng
         oid = self._next_id
         self._next_id += 1
-        items = []
-        for sku, title, kind, vendor, price, variants in rng.sample(
-            _CATALOG, rng.randint(1, 4) if n_items is None else n_items
-        ):
-            variant = rng.choice(variants) if variants else None
-            qty = rng.choice((1, 1, 1, 2, 3))
-            items.append(
-                {
-                    "data": {
-                        "id": oid * 10 + len(items),
-                        "product_id": 40
-                        + _CATALOG.index((sku, title, kind, vendor, price, variants)),
-                        "title": title,
-                        "is_multi": bool(variants),
-                        "type": kind,
-                        "is_giftcard": False,
-                        "vendor": vendor,
-                        "sku": f"{sku}-{variant[:1]}" if variant and sku == "TS-100" else sku,
-                        "price": price,
-                        "compare_price": round(price * 1.5, 2),
-                        "image": None,
-                        "variant": {"id": 30 + len(items), "variant": [variant]}
-                        if variant
-                        else None,
-                    },
-                    "status": {
-                        "quantity": qty,
-                        "not_fulfilled": qty,
-                        "fulfilled": 0,
-                        "shipped": 0,
-                        "restocked": 0,
-                    },
-                }
-            )
-        first, last, street, suite, city, state, zip_, country = rng.choice(_PEOPLE)
-        method, ship_price = rng.choice(_SHIPPING)
-        subtotal = sum(i["data"]["price"] * i["status"]["quantity"] for i in items)
-        tax = round(subtotal * 0.06, 2)
-        address = {
-            "first_name": first,
-            "last_name": last,
-            "company": None,
-            "street": street,
-            "suite": suite,
-            "city": city,
-            "country": country,
-            "state": state,
-            "zip": zip_,
-        }
-        payment = rng.choice(_PAYMENTS)
-        return {
-            "id": oid,
-            "display_number": f"CH-{oid}",
-            "email": f"{first.lower()}.{oid}@example.com",
-            "status": rng.randint(0, 5),
-            "paid": rng.choice(_PAID),
-            "discounts": [],
-            "shipping": {"description": method, "price": ship_price},
-            "tax": tax,
-            "total": round(subtotal + tax + float(ship_price), 2),
-            "ip": "203.0.113.7",
-            "items": items,
-            "fulfilments": [],
-            "shipments": [],
-            "restocks": [],
-            "customer": {
-                "id": 2000 + oid % 97,
-                "email": f"{first.lower()}.{oid}@example.com",
-                "first_name": first,
-                "last_name": last,
-            },
-            "address": {"shipping": dict(address), "billing": dict(address), "phone": None},
-            "payment": {"type": payment, "last4": None if payment == "PayPal" else "4242"},
-            "conversion": {"landing_page": "https://shop.example.com/", "referrer": None},
-            "risk_level": {
-                "ip_fail": False,
-                "address_fail": False,
-                "zip_fail": False,
-                "cvc_fail": False,
-            },
-            "refunded": 0,
-            "refund_possible": True,
-            "order_date": created,
-            "updated_at": None,
-            "notes": rng.choice(
-                (
-                    None,
-                    None,
-                    None,
-                    "Gift wrap, please",
-                    "Please call before delivery,\nthe buzzer is broken",
-                )
-            ),
-        }
+        return new_order(self._rng, oid, created, n_items)
 
     # -- faults ---------------------------------------------------------------------
 
@@ -483,66 +360,3 @@ def _shape(order: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
     if fields:
         shaped = {k: v for k, v in shaped.items() if k in fields or k in expand}
     return shaped
-
-
-# -- HTTP plumbing ----------------------------------------------------------------------
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    standin: CommerceHQStandIn
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            for conn in list(self.connections):
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("stand-in: connection from %s ended with an error", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "csvbridge-commercehq-standin"
-    timeout = 60
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        super().finish()
-
-    def date_time_string(self, timestamp: float | None = None) -> str:
-        """The ``Date`` header on the stand-in's clock (clients take it as server time)."""
-        return formatdate(
-            self.server.standin.now() if timestamp is None else timestamp, usegmt=True
-        )
-
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
-        answer = self.server.standin.answer_get(self.path, self.headers.get("Authorization"))
-        data = orjson.dumps(answer.body)
-        self.server.standin._count_status(answer.status)
-        with contextlib.suppress(OSError):  # the client gave up (timeout): nothing to do
-            self.send_response(answer.status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in answer.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("stand-in: " + format, *args)
