@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
 
+import shtab
+
 from csvbridge import __version__
 from csvbridge.config import load_settings
 from csvbridge.errors import CsvBridgeError
@@ -291,20 +293,14 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
-    import shtab
-
     print(shtab.complete(build_parser(), shell=args.shell), end="")
     return EXIT_OK
 
 
 def _path(action: argparse.Action) -> argparse.Action:
     """Complete a file name for this argument in the shell (shtab)."""
-    action.complete = shtab_file()  # type: ignore[attr-defined]
+    action.complete = shtab.FILE  # type: ignore[attr-defined]
     return action
-
-
-def shtab_file() -> dict[str, str]:
-    return {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
 
 
 def _config_option(p: argparse.ArgumentParser) -> None:
