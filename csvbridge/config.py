@@ -13,6 +13,7 @@ key, documented.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from csvbridge.errors import ConfigError
 from csvbridge.read.limits import DEFAULT_LIMITS as _LIMITS
 from csvbridge.redaction import register_secret
 from csvbridge.state_dir import StateDir, default_state_dir
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["conversions", "products"]
 
@@ -370,6 +373,7 @@ def load_settings_with_origins(
     variables_layer(Settings, env, {k: f"env {k}" for k in env}, ENV_OVERRIDES, layers)
     for key, value in (overrides or {}).items():
         layers.merge(_nest(key.split("."), value), "command line")
+    _keep_legacy_state(config, layers)
     raw = layers.data
     raw["state"] = raw.get("state") or {}  # validated with this load's env, not os.environ's
     file = str(config) if config else None
@@ -395,6 +399,21 @@ def load_settings_with_origins(
 
     unknown = layers.unknown
     return LoadedSettings(resolve_paths(settings, base_of), origins, config, state_dir, unknown)
+
+
+LEGACY_STATE = "csvbridge-state"  # the old default: beside the config file
+
+
+def _keep_legacy_state(config: Path | None, layers: Layered) -> None:
+    """An installation from before the state folder moved keeps its ledger (what was
+    shipped: losing it would re-send a re-dropped file) until `state.dir` says otherwise."""
+    state = layers.data.get("state") or {}
+    if config is None or any(state.get(k) is not None for k in ("dir", *STATE_FILES)):
+        return
+    old = config.resolve().parent / LEGACY_STATE
+    if (old / STATE_FILES["ledger"]).exists():
+        log.warning("using the state beside the config, %s: set state.dir to keep it", old)
+        layers.merge({"state": {"dir": str(old)}}, f"existing {old} (older default)")
 
 
 def _config_from(env: Mapping[str, str]) -> Path | None:

@@ -274,10 +274,25 @@ def test_state_never_lands_beside_a_config_in_etc(tmp_path: Path) -> None:
         folder / "csvbridge.lock",
     )
     assert loaded.origin("state.ledger") == "default: XDG default (~/.local/state)"
-    as_root = load_settings(config, env={"HOME": str(home)}, overrides=None)
-    assert etc not in as_root.state.ledger.parents
+    here = load_settings(config, env={"HOME": str(home)})  # this process's euid
+    assert etc not in here.state.ledger.parents
     systemd = load_settings(config, env={"STATE_DIRECTORY": str(tmp_path / "sd")})
     assert systemd.state.ledger == tmp_path / "sd" / "ledger.sqlite"
+
+
+def test_an_existing_state_beside_the_config_is_kept(tmp_path: Path) -> None:
+    """An installation from before the move keeps its ledger (what was shipped)."""
+    config = write(tmp_path / "conf" / "c.yaml", "api:\n  site_id: '1'\n")
+    old = tmp_path / "conf" / "csvbridge-state"
+    env = {"STATE_DIRECTORY": str(tmp_path / "sd")}
+    assert load_settings(config, env=env).state.ledger == tmp_path / "sd" / "ledger.sqlite"
+    write(old / "ledger.sqlite", "")
+    loaded = load_settings_with_origins(config, env=env)
+    assert loaded.settings.state.ledger == old / "ledger.sqlite"
+    assert loaded.settings.state.lock_file == old / "csvbridge.lock"
+    assert "older default" in loaded.origin("state.ledger")
+    explicit = write(tmp_path / "conf" / "d.yaml", "state:\n  dir: /srv/state\n")
+    assert load_settings(explicit, env=env).state.ledger == Path("/srv/state/ledger.sqlite")
 
 
 def test_explicit_state_paths_win_and_stay_relative_to_the_config(tmp_path: Path) -> None:
