@@ -7,10 +7,10 @@ and it must be testable without parsing what a terminal shows.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -96,15 +96,13 @@ def _masked(value: Any) -> Any:
 
 
 def _url_without_password(text: str) -> str:
-    try:
-        parts = urlsplit(text)
-        if not parts.password:
-            return text
-    except ValueError:
-        return text
-    host = parts.netloc.rsplit("@", 1)[1]
-    netloc = f"{parts.username}:{MASK}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``scheme://user:SECRET@host`` -> ``scheme://user:**********@host``.  Not a URL
+    parser (the filesystem registry is the one, and refuses such a URL when it opens
+    it): a mask for what `config show` prints before that."""
+    return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+
+
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^@/\s]*@")
 
 
 def _text(value: Any) -> str:
