@@ -14,20 +14,30 @@ from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
 
+import shtab
+
 from csvbridge import __version__
-from csvbridge.config import ConvertSettings, load_settings
+from csvbridge.config import load_settings
 from csvbridge.errors import CsvBridgeError
 from csvbridge.report import Report
 
 
 class ExitCode(IntEnum):
-    """The one table of exit statuses (cron and systemd act on these)."""
+    """The one table of exit statuses (cron and systemd act on these); `--help` lists it."""
 
-    OK = 0  # everything valid and shipped
-    REJECTED = 1  # some rows/objects rejected; the valid ones were written/shipped
-    USAGE = 2  # usage, configuration, an unusable file, a refused API token
-    UNREACHABLE = 3  # a source or the API unreachable, or another pass holds the lock
-    INTERRUPTED = 130  # Ctrl-C / SIGTERM before the work was finished
+    meaning: str
+
+    def __new__(cls, value: int, meaning: str) -> ExitCode:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
+
+    OK = 0, "everything valid and shipped"
+    REJECTED = 1, "some rows rejected (the valid ones were still written or shipped)"
+    USAGE = 2, "usage, configuration or an unusable file (also a refused API token)"
+    UNREACHABLE = 3, "a source or the API unreachable, or another pass holds the lock"
+    INTERRUPTED = 130, "interrupted (Ctrl-C, SIGTERM) before the work was finished"
 
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = (
@@ -36,13 +46,33 @@ EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = (
     ExitCode.USAGE,
     ExitCode.UNREACHABLE,
 )
-EXIT_HELP = """exit status:
-  0    everything valid and shipped
-  1    some rows rejected (the valid ones were still written or shipped)
-  2    usage, configuration or an unusable file (also a refused API token)
-  3    a source or the API unreachable, or another pass holds the lock
-  130  interrupted (Ctrl-C, SIGTERM)
+EXIT_HELP = "exit status:\n" + "".join(f"  {c.value:<4} {c.meaning}\n" for c in ExitCode)
+CONFIG_HELP = "csvbridge config file (YAML) (default: $CSVBRIDGE_CONFIG, else none)"
+EXAMPLES = """examples:
+  csvbridge convert orders.csv -o orders.ndjson
+  csvbridge send orders.csv --config /etc/csvbridge/csvbridge.yaml --dry-run
+  CSVBRIDGE_CONFIG=/etc/csvbridge/csvbridge.yaml csvbridge run
+  csvbridge watch --metrics-port 9100
+  csvbridge config show --json
+  csvbridge completion bash > /etc/bash_completion.d/csvbridge
+  CSVBRIDGE_API__TIMEOUT_SECONDS=30 CSVBRIDGE_TOKEN=... csvbridge send orders.csv
+
+settings: defaults < config file < secret files ($CSVBRIDGE_SECRETS_DIR,
+$CREDENTIALS_DIRECTORY) < environment (CSVBRIDGE_<SECTION>__<KEY>) < command line.
 """
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Epilogs as written, and every option's default in its help.  An option whose
+    default is None says in its own words what happens ("default: detect")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS):
+            return text
+        if action.default is False and action.nargs == 0:  # a store_true flag
+            return text + " (default: off)"
+        return super()._get_help_string(action)
 
 
 def _port(text: str) -> int:
@@ -66,27 +96,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _convert_settings(
-    args: argparse.Namespace, base: ConvertSettings | None = None
-) -> ConvertSettings:
-    if base is None:
-        base = load_settings(args.config).convert if args.config else ConvertSettings()
-    updates = {
-        k: v
-        for k, v in {
-            "strict": args.strict or None,
-            "conflict": args.conflict,
-            "encoding": args.encoding,
-            "delimiter": args.delimiter,
-            "workers": args.workers,
-            "decimal_comma": args.decimal_comma,
-            "mapping": args.mapping,
-            "sheet": args.sheet,
-        }.items()
-        if v is not None
+def _convert_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The reading options given on the command line: the top layer of the settings."""
+    given = {
+        "strict": args.strict or None,
+        "conflict": args.conflict,
+        "encoding": args.encoding,
+        "delimiter": args.delimiter,
+        "workers": args.workers,
+        "decimal_comma": args.decimal_comma,
+        "mapping": args.mapping,
+        "sheet": args.sheet,
     }
-    # validate: model_copy(update=...) would skip the field constraints (workers >= 1)
-    return ConvertSettings.model_validate({**base.model_dump(), **updates})
+    return {f"convert.{k}": v for k, v in given.items() if v is not None}
 
 
 def _exit_for(report: Report) -> int:
@@ -107,7 +129,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         output,
         to=args.to,
         kind=args.kind,
-        settings=_convert_settings(args),  # --mapping included: one route to the engine
+        # --mapping included: one route to the engine
+        settings=load_settings(args.config, overrides=_convert_overrides(args)).convert,
         report_path=args.report,
         rejects_path=args.rejects,
         products_from_conversions=args.products_from_conversions,
@@ -128,9 +151,7 @@ def _graceful_stop() -> Iterator[threading.Event]:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        print(
-            "csvbridge: stopping after the batches in flight (again to abort)", file=sys.stderr
-        )
+        print("csvbridge: stopping after the batches in flight (again to abort)", file=sys.stderr)
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -143,8 +164,7 @@ def _graceful_stop() -> Iterator[threading.Event]:
 def cmd_send(args: argparse.Namespace) -> int:
     from csvbridge.pipeline import send_file
 
-    settings = load_settings(args.config)
-    settings.convert = _convert_settings(args, settings.convert)
+    settings = load_settings(args.config, overrides=_convert_overrides(args))
     stdin = str(args.input) == "-"
     sink = {"api": ["api"], "feed": ["feed"], "both": ["api", "feed"]}.get(args.sink or "")
     with _graceful_stop() as stop:
@@ -189,9 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from csvbridge.drops.daemon import watch
 
-    settings = load_settings(args.config)
-    if args.metrics_port is not None:
-        settings.metrics.port = args.metrics_port
+    port = {} if args.metrics_port is None else {"metrics.port": args.metrics_port}
+    settings = load_settings(args.config, overrides=port)
     _setup_logging(settings)
     return watch(settings)
 
@@ -271,46 +290,106 @@ def cmd_debug_codegen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    import json
+
+    from csvbridge.config_show import show_settings
+
+    shown = show_settings(args.config)
+    if args.json:
+        print(json.dumps(shown.as_json(), indent=2))
+    else:
+        print(shown.as_text(), end="")
+    return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    print(shtab.complete(build_parser(), shell=args.shell), end="")
+    return EXIT_OK
+
+
+def _path(action: argparse.Action) -> argparse.Action:
+    """Complete a file name for this argument in the shell (shtab)."""
+    action.complete = shtab.FILE  # type: ignore[attr-defined]
+    return action
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    _path(p.add_argument("--config", type=Path, help=CONFIG_HELP))
+
+
 def _add_convert_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `convert` and `send`: the input, its reading, the report."""
-    p.add_argument("input", help="CSV file (.csv or .csv.gz), Excel .xlsx, or - for stdin")
-    p.add_argument("--report", type=Path, help="write the JSON report here")
-    p.add_argument("--rejects", type=Path, help="write rejected rows here (source dialect)")
+    _path(p.add_argument("input", help="CSV file (.csv or .csv.gz), Excel .xlsx, or - for stdin"))
+    _path(p.add_argument("--report", type=Path, help="write the JSON report here (default: none)"))
+    _path(
+        p.add_argument(
+            "--rejects", type=Path, help="write rejected rows here, source dialect (default: none)"
+        )
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
-    p.add_argument("--mapping", type=Path, help="YAML mapping for exports with their own headers")
+    _path(
+        p.add_argument(
+            "--mapping",
+            type=Path,
+            help="YAML mapping for exports with their own headers (default: convert.mapping "
+            "in the config, else the documented headers)",
+        )
+    )
     p.add_argument("--strict", action="store_true", help="reject spreadsheet-damaged values")
-    p.add_argument("--conflict", choices=("reject", "first", "last"))
+    p.add_argument(
+        "--conflict",
+        choices=("reject", "first", "last"),
+        help="rows of one conversion disagree on an order field (default: convert.conflict "
+        "in the config, else reject)",
+    )
     p.add_argument("--encoding", help="force the file encoding (default: detect)")
-    p.add_argument("--delimiter", help="force the delimiter (default: detect)")
-    p.add_argument("--decimal-comma", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--delimiter", help="force the delimiter (default: detect among , ; tab |)")
+    p.add_argument(
+        "--decimal-comma",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="amounts use a decimal comma (default: only in ;-delimited files)",
+    )
     p.add_argument("--sheet", help="an Excel workbook's sheet to read (default: the first)")
-    p.add_argument("--kind", choices=("conversions", "products"), default="conversions")
+    p.add_argument(
+        "--kind", choices=("conversions", "products"), default="conversions", help="what rows are"
+    )
     p.add_argument(
         "--products-from-conversions",
         action="store_true",
         help="extract the distinct products of a conversions export",
     )
     p.add_argument("--workers", type=_positive_int, help="worker processes (default: one per CPU)")
-    p.add_argument("--config", type=Path, help="csvbridge config file (YAML)")
+    _config_option(p)
+
+
+def _sub(
+    sub: argparse._SubParsersAction, name: str, help: str, **kw: object
+) -> argparse.ArgumentParser:  # noqa: A002
+    """A subcommand with the same formatter and the exit codes in its --help."""
+    return sub.add_parser(  # type: ignore[no-any-return]
+        name, help=help, description=help, formatter_class=HelpFormatter, epilog=EXIT_HELP, **kw
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="csvbridge",
         description="Move e-commerce order exports (CSV) into Commanders Act conversions.",
-        epilog=EXIT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES + "\n" + EXIT_HELP,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"csvbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("convert", help="convert one CSV file to NDJSON (or a CSV feed)")
-    p.add_argument("-o", "--output", help="output file (default: stdout)")
-    p.add_argument("--to", choices=("ndjson", "feed"), default="ndjson")
+    p = _sub(sub, "convert", "convert one CSV file to NDJSON (or a CSV feed)")
+    _path(p.add_argument("-o", "--output", help="output file (default: stdout)"))
+    p.add_argument("--to", choices=("ndjson", "feed"), default="ndjson", help="output format")
     _add_convert_options(p)
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("send", help="convert one CSV file and ship it (API and/or feed)")
+    p = _sub(sub, "send", "convert one CSV file and ship it (API and/or feed)")
     p.add_argument(
         "--dry-run", action="store_true", help="validate and print the batch plan; send nothing"
     )
@@ -322,35 +401,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_options(p)
     p.set_defaults(func=cmd_send)
 
-    p = sub.add_parser("run", help="one pass over every configured drop, then exit (cron)")
-    p.add_argument("--config", type=Path, required=True, help="csvbridge config file (YAML)")
+    p = _sub(sub, "run", "one pass over every configured drop, then exit (cron)")
+    _config_option(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("watch", help="the daemon: watch the configured drops until stopped")
-    p.add_argument("--config", type=Path, required=True, help="csvbridge config file (YAML)")
-    p.add_argument("--metrics-port", type=_port, help="serve /healthz and /metrics here")
+    p = _sub(sub, "watch", "the daemon: watch the configured drops until stopped")
+    _config_option(p)
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="serve /healthz and /metrics here (default: metrics.port in the config)",
+    )
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser(
-        "status", help="what the ledger says: files, progress, errors, replicas, leases"
-    )
-    p.add_argument("--config", type=Path, required=True, help="csvbridge config file (YAML)")
+    p = _sub(sub, "status", "what the ledger says: files, progress, errors, replicas, leases")
+    _config_option(p)
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser(
-        "demo", help="the whole job on shipped fixtures: local drop + built-in API emulator"
-    )
-    p.add_argument("--dir", help="where to put the demo drop (default: a temporary folder)")
+    p = _sub(sub, "config", "look at the settings")
+    config = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    p = _sub(config, "show", "the effective settings, secrets masked, and where each came from")
+    _config_option(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_config_show)
+
+    p = _sub(sub, "completion", "print a shell completion script")
+    p.add_argument("shell", choices=("bash", "zsh", "tcsh"), help="the shell")
+    p.set_defaults(func=cmd_completion)
+
+    p = _sub(sub, "demo", "the whole job on shipped fixtures: local drop + built-in API emulator")
+    _path(p.add_argument("--dir", help="where to put the demo drop (default: a temporary folder)"))
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser(
-        "emulator", help="run the bulk API emulator and the tracking and Commerce HQ stand-ins"
+    p = _sub(
+        sub, "emulator", "run the bulk API emulator and the tracking and Commerce HQ stand-ins"
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_port, default=8080)
-    p.add_argument("--token", default="emulator-token")
-    p.add_argument("--site", default="1234")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=_port, default=8080, help="bulk API port")
+    p.add_argument("--token", default="emulator-token", help="the Bearer token it accepts")
+    p.add_argument("--site", default="1234", help="the site id it accepts")
     p.add_argument("--speed", type=float, default=1.0, help="multiply the rate limits")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of 500 answers")
     p.add_argument("--drop-rate", type=float, default=0.0, help="share of dropped connections")
@@ -360,16 +450,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_emulator)
 
-    p = sub.add_parser("debug", help="look inside a conversion")
+    p = _sub(sub, "debug", "look inside a conversion")
     debug = p.add_subparsers(dest="what", required=True, metavar="WHAT")
-    p = debug.add_parser("codegen", help="print the Python code compiled for a file's header")
-    p.add_argument("input", type=Path, help="CSV file (its header and dialect are read)")
-    p.add_argument("--mapping", type=Path, help="YAML mapping for exports with their own headers")
-    p.add_argument("--kind", choices=("conversions", "products"), default="conversions")
+    p = _sub(debug, "codegen", "print the Python code compiled for a file's header")
+    _path(p.add_argument("input", type=Path, help="CSV file (its header and dialect are read)"))
+    _path(
+        p.add_argument(
+            "--mapping",
+            type=Path,
+            help="YAML mapping for exports with their own headers (default: documented headers)",
+        )
+    )
+    p.add_argument(
+        "--kind", choices=("conversions", "products"), default="conversions", help="what rows are"
+    )
     p.set_defaults(func=cmd_debug_codegen)
 
-    p = sub.add_parser(
-        "hash-password", help="hash a password for the embedded FTP drop (users[].password_hash)"
+    p = _sub(
+        sub, "hash-password", "hash a password for the embedded FTP drop (users[].password_hash)"
     )
     p.set_defaults(func=cmd_hash_password)
     return parser

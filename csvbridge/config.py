@@ -1,34 +1,53 @@
-"""Typed configuration: YAML file, then environment overrides.
+"""Typed configuration: the models, and `load_settings` that fills them.
 
 Everything a run needs is one `Settings` object.  Secrets are `SecretStr` so that they
-print as ``**********`` in logs, reprs and reports.  Values in the YAML may reference the
-environment as ``${NAME}`` (``password: ${FTP_PASSWORD}``), and variables override the
-API settings directly: ``CSVBRIDGE_API_URL``, ``CSVBRIDGE_SITE_ID``, ``CSVBRIDGE_TOKEN``
-(and the events sink's: ``CSVBRIDGE_EVENTS_URL``, ``_EVENTS_SITE_ID``, ``_EVENTS_TOKEN``).  See ``config.example.yaml`` for every key, documented.
+print as ``**********`` in logs, reprs and reports.  Values come from, lowest first:
+defaults < the YAML file (``--config`` or ``$CSVBRIDGE_CONFIG``; ``${NAME}`` references
+the environment) < secret files (``$CSVBRIDGE_SECRETS_DIR``, systemd's
+``$CREDENTIALS_DIRECTORY``) < the environment (``CSVBRIDGE_API__TIMEOUT_SECONDS``,
+``CSVBRIDGE_SOURCES__0__URL``, and the short ``CSVBRIDGE_API_URL``, ``_SITE_ID``,
+``_TOKEN``, ``_EVENTS_URL``, ``_EVENTS_SITE_ID``, ``_EVENTS_TOKEN``) < the command line.
+The layers are read in `csvbridge.config_layers`.  See ``config.example.yaml`` for every
+key, documented.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from csvbridge.config_layers import (
+    CONFIG_VAR,
+    Key,
+    Layered,
+    dotted,
+    read_yaml,
+    resolve_paths,
+    secret_files,
+    variables_layer,
+)
 from csvbridge.drops.ftpserver import FtpDropSettings
 from csvbridge.errors import ConfigError
 from csvbridge.read.limits import DEFAULT_LIMITS as _LIMITS
 from csvbridge.redaction import register_secret
+from csvbridge.state_dir import StateDir, default_state_dir
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["conversions", "products"]
 
@@ -229,13 +248,19 @@ class SourceSettings(Credentials):
 
 
 class StateSettings(_Section):
-    # a SQLite file (the default), or postgresql://user@host:port/db shared by replicas
-    ledger: Path | str = Path("csvbridge-state/ledger.sqlite")
+    """What csvbridge remembers (ledger, work files, pass lock).  An unset path lives in
+    `dir`; an unset `dir` is the system's state folder (`csvbridge.state_dir`:
+    ``$STATE_DIRECTORY``, ``/var/lib/csvbridge`` for root, else the XDG state folder),
+    never beside a config that may sit in read-only ``/etc``."""
+
+    dir: Path | None = None
+    # unset: <dir>/ledger.sqlite; or postgresql://user@host:port/db shared by replicas
+    ledger: Path | str
+    work_dir: Path  # unset: <dir>/work
+    lock_file: Path  # unset: <dir>/csvbridge.lock
     ledger_password: SecretStr | None = None  # or CSVBRIDGE_LEDGER_PASSWORD, PGPASSWORD
     retention_days: float | None = Field(default=None, gt=0)  # prune finished files' ids
     lease_seconds: float = Field(default=30.0, ge=1, le=3600)  # replica heartbeat lease
-    work_dir: Path = Path("csvbridge-state/work")
-    lock_file: Path = Path("csvbridge-state/csvbridge.lock")
 
     _strip_ledger_password = field_validator("ledger_password", mode="before")(_strip_secret)
 
@@ -246,6 +271,26 @@ class StateSettings(_Section):
         if isinstance(v, str) and v.lower().startswith(("postgresql://", "postgres://")):
             return v
         return Path(v) if isinstance(v, str) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _in_state_dir(cls, data: Any, info: ValidationInfo) -> Any:
+        """Fill unset paths; the loader passes its environment (and euid) as context."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        missing = [k for k in STATE_FILES if data.get(k) is None]
+        if missing:
+            folder = data.get("dir")
+            if folder is None:
+                ctx = info.context or {}
+                folder = default_state_dir(ctx.get("env"), ctx.get("euid")).path
+            for k in missing:
+                data[k] = Path(folder) / STATE_FILES[k]
+        return data
+
+
+STATE_FILES = {"ledger": "ledger.sqlite", "work_dir": "work", "lock_file": "csvbridge.lock"}
 
 
 class LogSettings(_Section):
@@ -265,13 +310,12 @@ class Settings(_Section):
     feed: FeedSettings = FeedSettings()
     events: EventsSettings = EventsSettings()
     sources: list[SourceSettings] = []
-    state: StateSettings = StateSettings()
+    state: StateSettings = Field(default_factory=StateSettings)  # computed per load
     logging: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
 
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-ENV_OVERRIDES = {
+ENV_OVERRIDES = {  # the short historical names; CSVBRIDGE_API__TOKEN etc. also work
     "CSVBRIDGE_API_URL": ("api", "base_url"),
     "CSVBRIDGE_SITE_ID": ("api", "site_id"),
     "CSVBRIDGE_TOKEN": ("api", "token"),
@@ -280,69 +324,126 @@ ENV_OVERRIDES = {
     "CSVBRIDGE_EVENTS_TOKEN": ("events", "token"),
     "CSVBRIDGE_LEDGER_PASSWORD": ("state", "ledger_password"),
 }
+DEFAULT = "default"
 
 
-def _expand(value: Any, env: dict[str, str]) -> Any:
-    if isinstance(value, str):
+@dataclass
+class LoadedSettings:
+    """The effective settings and where each value came from (``config show``)."""
 
-        def sub(m: re.Match[str]) -> str:
-            if m.group(1) not in env:
-                raise ConfigError(f"environment variable {m.group(1)} is referenced but not set")
-            return env[m.group(1)]
+    settings: Settings
+    origins: dict[str, str]  # dotted key -> "file c.yaml:12", "env VAR", ...; absent: default
+    config_file: Path | None
+    state_dir: StateDir  # the default state folder and why (used where state.dir is unset)
+    unknown: list[str]  # CSVBRIDGE_* variables / secret files that name no setting
 
-        return _ENV_REF.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: _expand(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand(v, env) for v in value]
-    return value
+    def origin(self, key: str) -> str:
+        """Where `key` (dotted) came from: its own origin, else its closest ancestor's."""
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in self.origins:
+                return self.origins[".".join(parts[:n])]
+        return DEFAULT
 
 
-def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
-    """Read YAML (optional), expand ``${VAR}``, apply env overrides, validate.
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """The effective settings: defaults < YAML < secret files < environment < `overrides`
+    (the command line's, dotted keys).  See `load_settings_with_origins`."""
+    return load_settings_with_origins(path, env, overrides).settings
 
-    Relative paths inside the file (mapping, ledger, keys) are taken relative to the
-    file's folder, so a config works the same from cron's working directory.
+
+def load_settings_with_origins(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    euid: int | None = None,
+) -> LoadedSettings:
+    """Read every layer, validate once, and remember where each value came from.
+
+    * the file: `path`, else ``$CSVBRIDGE_CONFIG``, else none; ``${VAR}`` in it is
+      taken from the environment, else a secret file of that name;
+    * secret files: ``$CSVBRIDGE_SECRETS_DIR``, then systemd's ``$CREDENTIALS_DIRECTORY``
+      (a file named like the variable, e.g. ``CSVBRIDGE_API__TOKEN``, holds its value);
+    * the environment: ``CSVBRIDGE_API__TIMEOUT_SECONDS``, ``CSVBRIDGE_SOURCES__0__URL``
+      (``__`` between keys and list indexes), and the short ``ENV_OVERRIDES`` names.
+
+    Relative paths are taken relative to the config file's folder when the file set them
+    (so a config works the same from cron's working directory), else to the working
+    directory.  Errors name the key and where it came from, never the value.
     """
     env = dict(os.environ if env is None else env)
-    raw: dict[str, Any] = {}
-    base = Path.cwd()
-    if path is not None:
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file: {exc.strerror}", file=str(p)) from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"config file is not valid YAML: {_yaml_problem(exc)}", file=str(p)
-            ) from None
-        if not isinstance(raw, dict):
-            raise ConfigError("config file must be a YAML mapping", file=str(p))
-        base = p.resolve().parent
-    raw = _expand(raw, env)
-    for var, (section, key) in ENV_OVERRIDES.items():
-        if env.get(var):
-            raw.setdefault(section, {})[key] = env[var]
+    config = Path(path) if path is not None else _config_from(env)
+    secrets, secret_labels = secret_files(env)
+    for value in secrets.values():
+        register_secret(value)  # a file in a secrets folder is a secret, whatever it sets
+    layers = Layered()
+    if config is not None:
+        data, lines = read_yaml(config, {**secrets, **env})
+        layers.merge(data, lines)
+    variables_layer(Settings, secrets, secret_labels, ENV_OVERRIDES, layers)
+    variables_layer(Settings, env, {k: f"env {k}" for k in env}, ENV_OVERRIDES, layers)
+    for key, value in (overrides or {}).items():
+        layers.merge(_nest(key.split("."), value), "command line")
+    _keep_legacy_state(config, layers)
+    raw = layers.data
+    raw["state"] = raw.get("state") or {}  # validated with this load's env, not os.environ's
+    file = str(config) if config else None
     try:
-        settings = Settings.model_validate(raw)
+        settings = Settings.model_validate(raw, context={"env": env, "euid": euid})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc), file=str(path) if path else None) from None
+        raise ConfigError(_describe(exc, layers.origins), file=file) from None
     register_secrets(settings)
-    return _resolve_paths(settings, base)
+    origins = {dotted(k): v for k, v in layers.origins.items()}
+    state_dir = default_state_dir(env, euid)
+    for key in STATE_FILES:  # unset (or null): in state.dir, else the system's folder
+        if raw["state"].get(key) is None:
+            dir_set = raw["state"].get("dir") is not None
+            origins[f"state.{key}"] = (
+                f"{origins['state.dir']} (state.dir)" if dir_set else f"{DEFAULT}: {state_dir.why}"
+            )
+    cwd = Path.cwd()
+    base = config.resolve().parent if config else cwd
+
+    def base_of(key: str) -> Path:
+        found = next((origins[k] for k in _ancestors(key) if k in origins), DEFAULT)
+        return base if found.startswith("file ") else cwd
+
+    unknown = layers.unknown
+    return LoadedSettings(resolve_paths(settings, base_of), origins, config, state_dir, unknown)
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """What is wrong and where, *without* the offending line: PyYAML's own message quotes
-    the line, which may be the one holding a password or token."""
-    if not isinstance(exc, yaml.MarkedYAMLError):
-        return type(exc).__name__
-    mark = exc.problem_mark or exc.context_mark
-    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
-    what = "; ".join(x for x in (exc.context, exc.problem) if x) or "syntax error"
-    return f"{what} at {where}"
+LEGACY_STATE = "csvbridge-state"  # the old default: beside the config file
+
+
+def _keep_legacy_state(config: Path | None, layers: Layered) -> None:
+    """An installation from before the state folder moved keeps its ledger (what was
+    shipped: losing it would re-send a re-dropped file) until `state.dir` says otherwise."""
+    state = layers.data.get("state") or {}
+    if config is None or any(state.get(k) is not None for k in ("dir", *STATE_FILES)):
+        return
+    old = config.resolve().parent / LEGACY_STATE
+    if (old / STATE_FILES["ledger"]).exists():
+        log.warning("using the state beside the config, %s: set state.dir to keep it", old)
+        layers.merge({"state": {"dir": str(old)}}, f"existing {old} (older default)")
+
+
+def _config_from(env: Mapping[str, str]) -> Path | None:
+    value = env.get(CONFIG_VAR, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def _nest(keys: list[str], value: Any) -> dict[str, Any]:
+    return {keys[0]: _nest(keys[1:], value) if len(keys) > 1 else value}
+
+
+def _ancestors(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
 def register_secrets(settings: Settings) -> None:
@@ -358,55 +459,14 @@ def register_secrets(settings: Settings) -> None:
             register_secret(value.get_secret_value())
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, origins: Mapping[Key, str]) -> str:
+    """Each problem with its key and where the value came from; never the value (it may
+    be a secret)."""
     parts = []
     for err in exc.errors():
-        where = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{where}: {err['msg']}")
+        loc = tuple(err["loc"])
+        origin = next(
+            (origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), DEFAULT
+        )
+        parts.append(f"{dotted(loc)} ({origin}): {err['msg']}")
     return "invalid configuration: " + "; ".join(parts)
-
-
-def _resolve_paths(settings: Settings, base: Path) -> Settings:
-    def fix(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else base / p
-
-    settings.convert.mapping = fix(settings.convert.mapping)
-    if isinstance(settings.state.ledger, Path):
-        settings.state.ledger = fix(settings.state.ledger)  # type: ignore[assignment]
-    settings.state.work_dir = fix(settings.state.work_dir)  # type: ignore[assignment]
-    settings.state.lock_file = fix(settings.state.lock_file)  # type: ignore[assignment]
-    for src in settings.sources:
-        src.url = _local_url(src.url, base)
-        src.convert.mapping = fix(src.convert.mapping)
-        src.private_key = fix(src.private_key)
-        src.known_hosts = fix(src.known_hosts)
-        src.ca_file = fix(src.ca_file)
-        if src.ftpserver is not None:
-            drop = src.ftpserver
-            drop.root = fix(drop.root)  # type: ignore[assignment]
-            drop.tls_cert, drop.tls_key = fix(drop.tls_cert), fix(drop.tls_key)
-            drop.quarantine_dir = fix(drop.quarantine_dir)
-    settings.feed.target = _local_url(settings.feed.target, base)
-    settings.feed.private_key = fix(settings.feed.private_key)
-    settings.feed.known_hosts = fix(settings.feed.known_hosts)
-    settings.feed.ca_file = fix(settings.feed.ca_file)
-    return settings
-
-
-def _local_url(url: str, base: Path) -> str:
-    """A relative local location (``drop``, ``./feeds``, ``file://./feeds``) made absolute
-    against `base`, the config file's folder, so cron's working directory does not
-    matter; absolute paths and other schemes are returned unchanged.  The URL is read by
-    the filesystem registry and the local backend's own parser (one parser for URLs)."""
-    # imported here: the registry imports this module for its settings types
-    from csvbridge.filesystems.local import local_path
-    from csvbridge.filesystems.registry import protocol_of
-
-    if protocol_of(url) != "file":
-        return url
-    is_uri = "://" in url
-    path = Path(local_path(url) if is_uri else url).expanduser()
-    if path.is_absolute():
-        return url if is_uri else str(path)
-    resolved = base / path
-    return resolved.as_uri() if is_uri else str(resolved)

@@ -67,7 +67,7 @@ def test_the_example_shows_the_defaults() -> None:
     documentation (placeholders for secrets and site id aside)."""
     raw = yaml.safe_load(EXAMPLE.read_text())
     defaults = Settings()
-    for section in ("api", "convert", "feed", "events", "state", "logging", "metrics"):
+    for section in ("api", "convert", "feed", "events", "logging", "metrics"):
         model = getattr(defaults, section)
         for key, value in (raw.get(section) or {}).items():
             if isinstance(value, (dict, list)) or (isinstance(value, str) and "${" in value):
@@ -77,6 +77,12 @@ def test_the_example_shows_the_defaults() -> None:
                 assert value == default, f"{section}.{key}"
             else:
                 assert value == default, f"{section}.{key}: {value!r} != {default!r}"
+    # state paths are computed (the system's state folder): documented as null = default
+    paths = {k: raw["state"].pop(k) for k in ("dir", "ledger", "work_dir", "lock_file")}
+    assert paths == {"dir": None, "ledger": None, "work_dir": None, "lock_file": None}
+    for key, value in raw["state"].items():
+        default = _plain(getattr(defaults.state, key))
+        assert value == default, f"state.{key}: {value!r} != {default!r}"
 
 
 def test_unquoted_numeric_site_id_is_accepted(tmp_path: Path) -> None:

@@ -53,6 +53,9 @@ MODELS: dict[str, type[BaseModel]] = {"conversions": Conversion, "products": Pro
 _BULK_PATH = re.compile(r"/v2/([^/]+)/(conversions|products)/bulk/?")
 
 
+REQUEST_LOG_SIZE = 1000  # requests kept for GET /_emulator/requests
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
@@ -118,6 +121,7 @@ class Emulator:
         self._admitted: deque[float] = deque()  # admission times within the last second
         self._busy_until = 0.0  # when the object processor is free again
         self._stopping = threading.Event()
+        self._log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)  # GET /_emulator/
         self._server: EmulatorServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -350,6 +354,30 @@ class Emulator:
         with self._lock:
             self._stats.status_counts[status] += 1
 
+    # -- what it received (a rehearsal's way to look: GET /_emulator/...) ---------------
+
+    def _log_request(self, method: str, target: str, answer: Reply) -> None:
+        data = answer.body.get("data") if isinstance(answer.body, dict) else None
+        entry: dict[str, Any] = {"time": time.time(), "method": method, "path": target}
+        entry["status"] = answer.status
+        if isinstance(data, dict) and "accepted_object_count" in data:
+            entry["accepted"] = data["accepted_object_count"]
+            entry["rejected"] = data["rejected_object_count"]
+        with self._lock:
+            self._log.append(entry)
+
+    def answer_get(self, target: str) -> Reply:
+        """``GET /_emulator/objects[?kind=conversions]``: the accepted objects by kind;
+        ``GET /_emulator/requests``: the last `REQUEST_LOG_SIZE` requests and answers."""
+        url = urlsplit(target)
+        with self._lock:
+            if url.path == "/_emulator/requests":
+                return Reply(200, {"requests": list(self._log)})
+            if url.path == "/_emulator/objects":
+                kinds = parse_qs(url.query).get("kind") or list(self.store)
+                return Reply(200, {k: list(self.store.get(k, {}).values()) for k in kinds})
+        return Reply(404, error_body("NOT_FOUND", f"No route for GET {url.path}"))
+
 
 # -- command line -------------------------------------------------------------------------
 
@@ -388,6 +416,7 @@ def run_emulator(
         f"  point csvbridge at it: CSVBRIDGE_API_URL={emulator.url} "
         f"CSVBRIDGE_SITE_ID={site_id} CSVBRIDGE_TOKEN={shown}"
     )
+    say(f"  what it received: {emulator.url}/_emulator/objects, {emulator.url}/_emulator/requests")
     done = threading.Event()
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):

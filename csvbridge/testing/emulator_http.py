@@ -62,8 +62,11 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         super().finish()
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
-        if urlsplit(self.path).path == "/healthz":
+        path = urlsplit(self.path).path
+        if path == "/healthz":
             self._send(Reply(200, {"status": "ok"}))
+        elif path.startswith("/_emulator/"):  # what it received: objects, request log
+            self._send(self.server.emulator.answer_get(self.path))
         else:
             self._send(Reply(404, error_body("NOT_FOUND", f"No route for GET {self.path}")))
 
@@ -90,6 +93,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
     def _send(self, answer: Reply) -> None:
         data = orjson.dumps(answer.body)
         self.server.emulator._count_status(answer.status)
+        self.server.emulator._log_request(self.command, self.path, answer)
         self.send_response(answer.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
