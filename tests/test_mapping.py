@@ -28,7 +28,9 @@ def apply(fields: dict, header: list[str], row: list[str], **options):
     values = transform.fn(row)
     errors = {transform.paths[i]: e for i, e in transform.errors}
     transform.errors.clear()
-    return dict(zip(transform.paths, values, strict=True)), errors
+    out = dict(zip(transform.paths, values, strict=True))
+    out.pop("", None)  # the row's role cell
+    return out, errors
 
 
 # --------------------------------------------------------------------------- loading

@@ -252,9 +252,12 @@ class Engine:
                 if res.dup_inside or not ids.add_new(fresh):
                     raise Ungrouped
                 if res.head is None:
+                    writer.write(res.out)  # rows the mapping skipped, if any
                     continue
                 # stitch the run that straddles the previous boundary
                 head = res.head
+                if carry is not None and getattr(head, "continued", False):
+                    head.id = carry.id  # rows filled down from the previous chunk
                 if carry is not None and head.id is not None and head.id == carry.id:
                     head = _stitch(carry, head)
                     carry = None
