@@ -76,6 +76,7 @@ class Assembler:
         self._item_memo: dict[str, bytes] | None = {} if plan.memo_items else None
         self.role_col = -1  # mapped files: "o" in this cell marks an order-only row
         self.line_index = False  # mapped files: item ids are line positions
+        self.defaults: list[tuple[int, str]] = []  # mapped files: order-level defaults
         self._memo_tries = self._memo_hits = 0
 
     def build_product(self, row: Row) -> Built:
@@ -99,6 +100,13 @@ class Assembler:
         head_row = first
         if len(rows) > 1 and self.conv_cols:
             head_row = self._check_conflicts(rows, cid, problems) or first
+        if self.defaults:
+            cells = head_row.cells
+            if any(not cells[c] for c, _ in self.defaults):
+                cells = list(cells)
+                for c, v in self.defaults:
+                    cells[c] = cells[c] or v
+                head_row = Row(head_row.line, cells)
         members = self._head_members(head_row.cells, head_row.line, cid, problems)
         seen_ids: dict[str, int] = {}
         item_rows = rows

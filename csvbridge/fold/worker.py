@@ -51,9 +51,9 @@ class Spec:
     def compile(self) -> tuple[Plan, RowTransform | None]:
         transform = None
         if self.mapping is not None:
+            transform = compile_mapping(self.mapping, self.header, self.options)
             if self.kind == "conversions" and not self.products_from_conversions:
                 check_items(self.mapping)
-            transform = compile_mapping(self.mapping, self.header, self.options)
             paths, sources = list(transform.paths), transform.sources
         else:
             paths, sources = [normalize_header(h) for h in self.header], list(self.header)
@@ -63,7 +63,7 @@ class Spec:
             paths = [p[len(ITEM_PRODUCT) :] if p.startswith(ITEM_PRODUCT) else "" for p in paths]
         plan = Plan(paths, sources, kind=self.kind, options=self.options, conflict=self.conflict)
         if transform is not None and self.kind == "conversions":
-            plan.use_roles(transform.role_col, transform.line_index)
+            plan.use_roles(transform.role_col, transform.line_index, transform.defaults)
         return plan, transform
 
 

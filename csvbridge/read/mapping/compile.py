@@ -62,6 +62,7 @@ class RowTransform:
     key_source: str = "id"
     line_index: bool = False  # conversion_items.id is the line's index in its order
     role_col: int = -1
+    defaults: dict[int, str] = field(default_factory=dict)  # order-level, per order
     state: dict[str, Any] = field(default_factory=dict)
 
     def reset(self) -> None:
@@ -105,12 +106,14 @@ def compile_mapping(mapping: Mapping, header: list[str], options: CodecOptions) 
     sources: list[str] = []
     source_cols: list[int | None] = []
     line_index = False
+    reads: list[list[int]] = []
     for path, rules in targets.items():
         try:
             compiled = [_compile_rule(r, path, col, tz, lang, mapping.options.locale) for r in rules]
         except ExpressionError as exc:
             raise InputError(str(exc)) from None
         line_index = line_index or any(r.line_index for r in rules)
+        reads.append(sorted({index[_norm(c)] for r in rules for c in r.columns()}))
         sources.append(" / ".join(r.describe() for r in rules))
         first_col = next((c for r in rules for c in r.columns()), None)
         source_cols.append(index.get(_norm(first_col)) if first_col else None)
@@ -129,6 +132,24 @@ def compile_mapping(mapping: Mapping, header: list[str], options: CodecOptions) 
     order_t = [i for i, p in enumerate(paths) if not p.startswith(ITEMS) and i != key_i]
     item_t = [i for i, p in enumerate(paths) if p.startswith(ITEMS)]
     n = len(paths)
+    # an order-level value when the cells a target reads are all empty (a default, a
+    # constant after a fallthrough): applied once per order by the fold, so blank
+    # continuation rows neither evaluate it nor conflict with the order's real value
+    blank_row = [""] * len(header)
+    defaults: dict[int, str] = {}
+    lazy: list[tuple[int, list[int]]] = []
+    for i in order_t:
+        if not reads[i]:
+            continue  # a constant: the same on every row
+        lazy.append((i, reads[i]))
+        try:
+            value = getters[i](blank_row)
+        except (CellError, _Fallthrough):
+            continue
+        if value:
+            defaults[i] = value
+    lazy_at = {i for i, _ in lazy}
+    eager_order = [i for i in order_t if i not in lazy_at]
     role_at = n
     paths.append(ROLE_PATH)
     sources.append("rows.roles")
@@ -145,6 +166,7 @@ def compile_mapping(mapping: Mapping, header: list[str], options: CodecOptions) 
         key_source=sources[key_i] if key_i >= 0 else "id",
         line_index=line_index,
         role_col=role_at,
+        defaults=defaults,
     )
     notes = T.notes
     state = T.state
@@ -191,8 +213,13 @@ def compile_mapping(mapping: Mapping, header: list[str], options: CodecOptions) 
                 else:
                     out[key_i] = above
         if carries:
-            for i in order_t:
+            for i in eager_order:
                 run(i, row, out)
+            for i, cols in lazy:
+                for j in cols:
+                    if row[j]:
+                        run(i, row, out)
+                        break
         if order_only:
             out[role_at] = "o"
         else:
@@ -262,8 +289,12 @@ def _compile_rule(
 
     elif rule.expr is not None:
         expr = lang.compile(rule.expr, path)
+        reads = [col(name, path) for name in rule.columns()]
 
         def raw_of(row: list[str]) -> str:
+            # every cell it reads is empty (a continuation row): no value, not "0"
+            if reads and not any(row[i] for i in reads):
+                return ""
             return to_text(expr(row))
 
     elif rule.template is not None:
