@@ -77,6 +77,7 @@ def _convert_settings(
             "workers": args.workers,
             "decimal_comma": args.decimal_comma,
             "mapping": args.mapping,
+            "preset": args.preset,
         }.items()
         if v is not None
     }
@@ -236,6 +237,7 @@ def _add_convert_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rejects", type=Path, help="write rejected rows here (source dialect)")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     p.add_argument("--mapping", type=Path, help="YAML mapping for exports with their own headers")
+    p.add_argument("--preset", help="a shipped mapping: shopify, woocommerce, magento, ...")
     p.add_argument("--strict", action="store_true", help="reject spreadsheet-damaged values")
     p.add_argument("--conflict", choices=("reject", "first", "last"))
     p.add_argument("--encoding", help="force the file encoding (default: detect)")

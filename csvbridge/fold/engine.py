@@ -54,7 +54,7 @@ from csvbridge.fold.worker import (
     park_stream,
 )
 from csvbridge.read.csvfile import CHUNK_BYTES, CsvFile
-from csvbridge.read.mapping import Mapping, load_mapping
+from csvbridge.read.mapping import Mapping, load_mapping, load_preset
 from csvbridge.report import Problem, ProblemLog, Report
 from csvbridge.schema.codecs import CodecOptions
 from csvbridge.schema.models import MAX_ITEMS
@@ -328,6 +328,8 @@ def convert(
     work = WorkDir(work_dir)
     if mapping is None and settings.mapping is not None:
         mapping = settings.mapping
+    if mapping is None and settings.preset:
+        mapping = load_preset(settings.preset)
     if isinstance(mapping, (str, Path)):
         mapping = load_mapping(mapping)
     if products_from_conversions:

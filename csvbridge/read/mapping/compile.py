@@ -402,7 +402,7 @@ def _flag_dst(local: datetime, raw: str, tz: Any, notes: list[tuple[str, str, st
                 "DST_GAP",
                 f"{local:%Y-%m-%d %H:%M} does not exist in {tz} (clocks jumped forward); "
                 f"read with the offset before the change, {chosen} "
-                f"(= {local.astimezone(tz):%H:%M%z})",
+                f"(= {round_trip:%H:%M} after the change)",
                 raw,
             )
         )
