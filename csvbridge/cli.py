@@ -230,6 +230,27 @@ def cmd_debug_codegen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mapping_show(args: argparse.Namespace) -> int:
+    from csvbridge.read.mapping import preset_text
+
+    print(preset_text(args.name), end="")
+    return EXIT_OK
+
+
+def cmd_mapping_check(args: argparse.Namespace) -> int:
+    from csvbridge.read.mapping.check import check_file
+
+    bench = check_file(
+        args.input,
+        mapping=args.mapping,
+        preset=args.preset,
+        orders=args.orders,
+        settings=_convert_settings(args),
+    )
+    print(bench.as_text(), end="")
+    return EXIT_OK if bench.ok else EXIT_REJECTED
+
+
 def _add_convert_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `convert` and `send`: the input, its reading, the report."""
     p.add_argument("input", help="CSV file (.csv or .csv.gz), or - for stdin")
@@ -320,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("conversions", "products"), default="conversions")
     p.set_defaults(func=cmd_debug_codegen)
 
+    p = sub.add_parser("mapping", help="presets and the mapping workbench")
+    mapping = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    p = mapping.add_parser("show", help="print a shipped preset (a mapping to edit)")
+    p.add_argument("name", help="shopify, woocommerce, magento, prestashop, commercehq")
+    p.set_defaults(func=cmd_mapping_show)
+    p = mapping.add_parser(
+        "check", help="how a mapping fills the first orders of a file; ships nothing"
+    )
+    p.add_argument("--orders", type=int, default=3, help="orders to show (default 3)")
+    _add_convert_options(p)
+    p.set_defaults(func=cmd_mapping_check, kind="conversions", products_from_conversions=False)
     p = sub.add_parser(
         "hash-password", help="hash a password for the embedded FTP drop (users[].password_hash)"
     )

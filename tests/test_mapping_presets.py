@@ -11,7 +11,13 @@ import pytest
 from csvbridge.config import ConvertSettings
 from csvbridge.errors import ConfigError
 from csvbridge.fold.engine import convert
-from csvbridge.read.mapping import load_mapping, load_preset, parse_mapping, preset_names, preset_text
+from csvbridge.read.mapping import (
+    load_mapping,
+    load_preset,
+    parse_mapping,
+    preset_names,
+    preset_text,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
