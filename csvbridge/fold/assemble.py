@@ -98,8 +98,13 @@ class Assembler:
         cid = first.cells[self.id_col]
         problems: list[Problem] = []
         head_row = first
-        if len(rows) > 1 and self.conv_cols:
-            head_row = self._check_conflicts(rows, cid, problems) or first
+        heads = rows
+        if self.role_col >= 0:  # mapped: only rows that carry order fields can disagree
+            role = self.role_col
+            heads = [r for r in rows if r.cells[role] != "i"] or [first]
+            head_row = heads[0]
+        if len(heads) > 1 and self.conv_cols:
+            head_row = self._check_conflicts(heads, cid, problems) or head_row
         if self.defaults:
             cells = head_row.cells
             if any(not cells[c] for c, _ in self.defaults):
@@ -112,7 +117,7 @@ class Assembler:
         item_rows = rows
         if self.role_col >= 0:
             role = self.role_col
-            item_rows = [r for r in rows if r.cells[role] != "o"]
+            item_rows = [r for r in rows if r.cells[role] != "o"]  # "" and "i" are items
             if self.line_index:
                 at = self.item_id_col
                 for n, r in enumerate(item_rows, 1):

@@ -47,8 +47,19 @@ def parse_amount(text: str, locale: str = "en_US") -> Decimal:
     return _parse(text, locale)
 
 
+_PLAIN = re.compile(r"-?\d+(?:[.,]\d+)?")
+
+
+@lru_cache(maxsize=64)
+def _symbols(locale: str) -> tuple[str, str]:
+    return get_group_symbol(locale), get_decimal_symbol(locale)
+
+
 @lru_cache(maxsize=65536)
 def _parse(text: str, locale: str) -> Decimal:
+    group, decimal = _symbols(locale)
+    if _PLAIN.fullmatch(text) and (decimal in text or not ("," in text or "." in text)):
+        return Decimal(text.replace(decimal, "."))  # "1234.56" (or "1234,56"): no grouping
     raw = text.strip()
     negative = False
     if raw.startswith("(") and raw.endswith(")"):  # accounting: (12.50) is -12.50
@@ -61,8 +72,6 @@ def _parse(text: str, locale: str) -> Decimal:
         num, negative = num[1:].strip(), not negative
     if not num or not any(ch.isdigit() for ch in num):
         raise NumberError(f"{text!r} is not a number")
-    group = get_group_symbol(locale)
-    decimal = get_decimal_symbol(locale)
     if group in " \u00a0\u202f'’" or group.isspace():
         num = _SPACES.sub(group, num)  # any space (or apostrophe) groups digits
     try:

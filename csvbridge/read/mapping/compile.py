@@ -47,7 +47,9 @@ class RowTransform:
     """Turns a source row into a row of documented values, one per target path.
 
     ``fn(row)`` returns the values, or None for a skipped row (reason in ``skip``).
-    The last value is the row's role cell (``"o"``: an order-only row, not an item).
+    The last value is the row's role cell: ``""`` an item row that carries the order's
+    fields, ``"i"`` an item row that does not (its order-level cells are all empty),
+    ``"o"`` an order-only row (no item).
     """
 
     paths: list[str]
@@ -117,7 +119,7 @@ def compile_mapping(mapping: Mapping, header: list[str], options: CodecOptions) 
         sources.append(" / ".join(r.describe() for r in rules))
         first_col = next((c for r in rules for c in r.columns()), None)
         source_cols.append(index.get(_norm(first_col)) if first_col else None)
-        getters.append(_first_of(compiled, path))
+        getters.append(_first_of(compiled, path, any(r.fallthrough for r in rules)))
     roles: list[tuple[Compiled, str | None]] = []
     for n, role in enumerate(mapping.rows.roles):
         try:
@@ -212,7 +214,9 @@ def compile_mapping(mapping: Mapping, header: list[str], options: CodecOptions) 
                     T.continued = True
                 else:
                     out[key_i] = above
-        if carries:
+        if not carries:
+            out[role_at] = "i"  # an item row without the order's fields
+        else:
             for i in eager_order:
                 run(i, row, out)
             for i, cols in lazy:
@@ -237,7 +241,11 @@ class _Fallthrough(Exception):
         self.value = value
 
 
-def _first_of(rules: list[Callable[[list[str]], str]], path: str) -> Callable[[list[str]], str]:
+def _first_of(
+    rules: list[Callable[[list[str]], str]], path: str, can_fall: bool = True
+) -> Callable[[list[str]], str]:
+    if len(rules) == 1 and not can_fall:
+        return rules[0]  # nothing to translate: the rule itself
     if len(rules) == 1:
         only = rules[0]
 
@@ -288,14 +296,18 @@ def _compile_rule(
             return fixed
 
     elif rule.expr is not None:
-        expr = lang.compile(rule.expr, path)
+        expr = lang.compile(rule.expr, path, text=True)
         reads = [col(name, path) for name in rule.columns()]
 
         def raw_of(row: list[str]) -> str:
             # every cell it reads is empty (a continuation row): no value, not "0"
-            if reads and not any(row[i] for i in reads):
-                return ""
-            return to_text(expr(row))
+            for i in reads:
+                if row[i]:
+                    return expr(row)  # type: ignore[no-any-return]
+            return "" if reads else expr(row)  # type: ignore[no-any-return]
+
+        if not (rule.map or rule.date or rule.number or rule.default):
+            return raw_of
 
     elif rule.template is not None:
         names = TEMPLATE_FIELD.findall(rule.template)

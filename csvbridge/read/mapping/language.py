@@ -38,6 +38,7 @@ fields), not on every item row, and roles only where a mapping declares them.
 from __future__ import annotations
 
 import difflib
+import operator
 import re
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
@@ -193,6 +194,9 @@ def suggest(name: str, choices: list[str]) -> str:
     return f" — did you mean {close[0]}?" if close else ""
 
 
+MEMO_SIZE = 16384  # results remembered per expression; cleared when full
+
+
 class Compiled:
     """One compiled expression, bound to a row view and a context.
 
@@ -200,18 +204,58 @@ class Compiled:
     context made once (`compile_expression` makes a new context per call, which is
     three quarters of its cost); the sandbox's ``call`` and ``getitem`` still guard
     every operation, since they are part of the generated code.
+
+    An expression is a pure function of the cells it names (the sandbox allows no
+    state, the helpers keep none), so its outcome — value, error or warnings — is
+    remembered per tuple of those cells: exports repeat prices, quantities, product
+    names and statuses on many rows, and a repeat then costs one dict lookup.
     """
 
-    __slots__ = ("ctx", "render", "source", "vars", "view")
+    __slots__ = ("ctx", "key", "memo", "notes", "render", "source", "text", "vars", "view")
 
-    def __init__(self, expr: Any, source: str, view: Cells) -> None:
+    def __init__(
+        self,
+        expr: Any,
+        source: str,
+        view: Cells,
+        reads: list[int],
+        notes: list[Any],
+        text: bool = False,
+    ) -> None:
+        self.text = text  # give the result as cell text (`to_text`)
         template = expr._template
         self.ctx = template.new_context({})
         self.vars = self.ctx.vars
         self.render = template.root_render_func
-        self.source, self.view = source, view
+        self.source, self.view, self.notes = source, view, notes
+        self.key: Callable[[list[str]], Any] | None = (
+            operator.itemgetter(*reads) if reads else None
+        )
+        self.memo: dict[Any, tuple[Any, CellError | None, list[Any]]] = {}
 
     def __call__(self, row: list[str]) -> Any:
+        if self.key is None:
+            return to_text(self._run(row)) if self.text else self._run(row)
+        key = self.key(row)
+        hit = self.memo.get(key)
+        if hit is None:
+            before = len(self.notes)
+            try:
+                value = self._run(row)
+                hit = (to_text(value) if self.text else value, None, [])
+            except CellError as exc:
+                hit = (None, exc, [])
+            hit[2].extend(self.notes[before:])
+            if len(self.memo) >= MEMO_SIZE:
+                self.memo.clear()
+            self.memo[key] = hit
+        else:
+            self.notes.extend(hit[2])
+        if hit[1] is not None:
+            raise hit[1]
+        return hit[0]
+
+    def _run(self, row: list[str]) -> Any:
         self.view.cells = row
         try:
             for _ in self.render(self.ctx):
@@ -229,6 +273,19 @@ class Compiled:
             ) from None
 
 
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with one shortcut: a call to one of our own helpers
+    (plain functions defined above, which touch nothing but their arguments) skips
+    the per-call inspection; every other call is checked by the sandbox as usual."""
+
+    trusted: frozenset[int] = frozenset()
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        if id(__obj) in __self.trusted:
+            return __obj(*args, **kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+
 class Language:
     """Compiles a mapping's expressions once, against one header."""
 
@@ -240,22 +297,30 @@ class Language:
         self.header = header
         self.view = Cells(self.index)
         self.context = Context(locale)
-        self.env = ImmutableSandboxedEnvironment(autoescape=False)
-        self.env.globals.update(_helpers(self.context))
+        self.env = _Sandbox(autoescape=False)
+        helpers = _helpers(self.context)
+        self.env.globals.update(helpers)
+        self.env.trusted = frozenset(id(f) for f in helpers.values())
+        self._helpers = helpers  # keeps the trusted functions (and their ids) alive
         self.env.globals["c"] = self.view
 
-    def compile(self, source: str, where: str) -> Compiled:
+    def compile(self, source: str, where: str, text: bool = False) -> Compiled:
+        reads = []
         for name in column_names(source):
-            if name not in self.index and name.strip().lower() not in self.index:
+            i = self.index.get(name, self.index.get(name.strip().lower()))
+            if i is None:
                 raise ExpressionError(
                     f"{where}: column {name!r} is not in the file's header"
                     + suggest(name, self.header)
                 )
+            reads.append(i)
         try:
             expr = self.env.compile_expression(source, undefined_to_none=True)
         except TemplateSyntaxError as exc:
             raise ExpressionError(f"{where}: expression {source!r}: {exc.message}") from None
-        return Compiled(expr, source, self.view)
+        return Compiled(
+            expr, source, self.view, sorted(set(reads)), self.context.notes, text
+        )
 
 
 def to_text(value: Any) -> str:
