@@ -172,6 +172,7 @@ def compile_mapping(mapping: Mapping, header: list[str], options: CodecOptions) 
     )
     notes = T.notes
     state = T.state
+    item_get = [(i, getters[i]) for i in item_t]
 
     def run(i: int, row: list[str], out: list[str]) -> None:
         try:
@@ -227,8 +228,15 @@ def compile_mapping(mapping: Mapping, header: list[str], options: CodecOptions) 
         if order_only:
             out[role_at] = "o"
         else:
-            for i in item_t:
-                run(i, row, out)
+            # the hot loop (every item row): inlined `run`
+            for i, get in item_get:
+                try:
+                    out[i] = get(row)
+                except CellError as exc:
+                    errors.append((i, exc))
+                if ctx_notes:
+                    notes.extend((i, code, detail, value) for code, detail, value in ctx_notes)
+                    ctx_notes.clear()
         return out
 
     T.fn = fn
