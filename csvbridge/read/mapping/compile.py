@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from csvbridge.errors import InputError
-from csvbridge.read.mapping.language import Compiled, ExpressionError, Language, suggest, to_text
+from csvbridge.read.mapping.language import Compiled, ExpressionError, Language, suggest
 from csvbridge.read.mapping.rules import ITEMS, Mapping, Rule
 from csvbridge.read.numbers import NumberError, format_decimal, parse_amount
 from csvbridge.schema.codecs import CellError, CodecOptions
