@@ -71,6 +71,19 @@ def test_text_functions():
     assert ev("coalesce(c['Refunded Amount'], 'none')", ["", "", "", "", "", ""])[0] == "none"
 
 
+def test_remembered_results_replay_their_warnings_and_errors():
+    lang = Language(HEADER, "en_US")
+    f = lang.compile("truncate(c['Note'], 5)", "t")
+    g = lang.compile("dec(c['Total'])", "t")
+    row = ["x,y", "", "", "", "", "abcdefgh"]
+    for _ in range(3):  # the second and third calls are answered by the memo
+        assert f(row) == "abcde"
+        with pytest.raises(CellError, match="not a number"):
+            g(row)
+    assert [n[0] for n in lang.context.notes] == ["VALUE_TRUNCATED"] * 3
+    assert len(f.memo) == 1 and len(g.memo) == 1
+
+
 def test_truncate_warns_with_lengths():
     value, notes = ev("truncate(c['Note'], 250)", ROW)
     assert len(value) == 250

@@ -263,3 +263,27 @@ def test_bad_locale_and_zone_are_config_errors():
 def test_custom_and_user_paths_are_known():
     m = parse_mapping({"fields": {"custom.anything": "X", "user.loyalty_id": "Y"}}, "m")
     assert isinstance(m, Mapping)
+
+
+@pytest.mark.parametrize(
+    ("text", "how", "expected"),
+    [
+        ("2025-10-07 09:50:26 +0200", "%Y-%m-%d %H:%M:%S %z", "2025-10-07T09:50:26.000+02:00"),
+        ("2025-11-05 10:59:12 -0500", "%Y-%m-%d %H:%M:%S %z", "2025-11-05T10:59:12.000-05:00"),
+        ("2025-07-01 12:00:00", "%Y-%m-%d %H:%M:%S", "2025-07-01T12:00:00.000+02:00"),
+        ("2025-10-07 09:50:26", "%Y-%m-%d %H:%M:%S %z", None),  # the format wants an offset
+        ("2025-10-07 09:50:26 +0200", "%Y-%m-%d %H:%M:%S", None),  # and this one none
+        ("2025-02-30 09:50:26 +0200", "%Y-%m-%d %H:%M:%S %z", None),
+    ],
+)
+def test_the_fast_date_path_reads_exactly_what_strptime_reads(text, how, expected):
+    from zoneinfo import ZoneInfo
+
+    from csvbridge.read.mapping import convert_date
+    from csvbridge.schema.codecs import CellError
+
+    if expected is None:
+        with pytest.raises(CellError, match="does not match the date format"):
+            convert_date(text, how, ZoneInfo("Europe/Paris"))
+    else:
+        assert convert_date(text, how, ZoneInfo("Europe/Paris")) == expected

@@ -377,6 +377,13 @@ def _compile_rule(
     return get
 
 
+# strptime formats whose exact text fromisoformat also reads (and 10x faster)
+_ISO_LIKE = {
+    "%Y-%m-%d %H:%M:%S %z": re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}"),
+    "%Y-%m-%d %H:%M:%S": re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"),
+}
+
+
 def convert_date(raw: str, how: str, tz: Any, notes: list[tuple[str, str, str]] | None = None) -> str:
     """A mapped date cell -> documented ISO-8601 (naive values take the default zone).
 
@@ -391,6 +398,9 @@ def convert_date(raw: str, how: str, tz: Any, notes: list[tuple[str, str, str]] 
             parsed = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
         elif how == "iso":
             parsed = datetime.fromisoformat(text)
+        elif how in _ISO_LIKE and _ISO_LIKE[how].fullmatch(text):
+            # what strptime would read, faster ("2025-10-07 09:50:26 +0200")
+            parsed = datetime.fromisoformat(text.replace(" +", "+").replace(" -", "-"))
         else:
             parsed = datetime.strptime(text, how)
     except (ValueError, OverflowError):

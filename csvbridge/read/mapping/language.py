@@ -197,7 +197,17 @@ def suggest(name: str, choices: list[str]) -> str:
     return f" — did you mean {close[0]}?" if close else ""
 
 
-MEMO_SIZE = 16384  # results remembered per expression; cleared when full
+MEMO_SIZE = 32768  # results remembered per expression; cleared when full
+_MISSING = object()
+
+
+class _Outcome:
+    """A remembered outcome that is more than a value: an error, or warnings."""
+
+    __slots__ = ("error", "notes", "value")
+
+    def __init__(self, error: CellError | None, notes: list[Any], value: Any = None) -> None:
+        self.error, self.notes, self.value = error, notes, value
 
 
 class Compiled:
@@ -234,29 +244,38 @@ class Compiled:
         self.key: Callable[[list[str]], Any] | None = (
             operator.itemgetter(*reads) if reads else None
         )
-        self.memo: dict[Any, tuple[Any, CellError | None, list[Any]]] = {}
+        self.memo: dict[Any, Any] = {}  # cells -> value, or an _Outcome
 
     def __call__(self, row: list[str]) -> Any:
         if self.key is None:
             return to_text(self._run(row)) if self.text else self._run(row)
         key = self.key(row)
-        hit = self.memo.get(key)
-        if hit is None:
+        memo = self.memo
+        hit = memo.get(key, _MISSING)
+        if hit is _MISSING:
             before = len(self.notes)
             try:
                 value = self._run(row)
-                hit = (to_text(value) if self.text else value, None, [])
+                hit = to_text(value) if self.text else value
             except CellError as exc:
-                hit = (None, exc, [])
-            hit[2].extend(self.notes[before:])
-            if len(self.memo) >= MEMO_SIZE:
-                self.memo.clear()
-            self.memo[key] = hit
+                hit = _Outcome(exc, [])
+            if len(self.notes) > before:  # warnings are replayed on every hit
+                if hit.__class__ is _Outcome:
+                    hit.notes = self.notes[before:]
+                else:
+                    hit = _Outcome(None, self.notes[before:], hit)
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[key] = hit
+            if hit.__class__ is not _Outcome:
+                return hit
+        elif hit.__class__ is not _Outcome:
+            return hit  # the usual case: a plain remembered value
         else:
-            self.notes.extend(hit[2])
-        if hit[1] is not None:
-            raise hit[1]
-        return hit[0]
+            self.notes.extend(hit.notes)
+        if hit.error is not None:
+            raise hit.error
+        return hit.value
 
     def _run(self, row: list[str]) -> Any:
         self.view.cells = row
