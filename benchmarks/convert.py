@@ -11,7 +11,7 @@ rows/s, wall time and peak RSS (the sum over the process and its workers, sample
     python benchmarks/convert.py --only shopify  # the mapped export alone
 
 ``shopify`` is a mapped export: Shopify's native Orders layout (79 columns, order
-fields on each order's first row only, about 5% tip lines that the preset skips,
+fields on each order's first row only, a tip line on 1 order in 20 (skipped by the preset),
 discounts and refunds) converted with ``--preset shopify`` — expressions, per-order
 evaluation, row roles and line-index item ids on every row.
 """

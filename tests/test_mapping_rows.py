@@ -287,3 +287,17 @@ def test_the_fast_date_path_reads_exactly_what_strptime_reads(text, how, expecte
             convert_date(text, how, ZoneInfo("Europe/Paris"))
     else:
         assert convert_date(text, how, ZoneInfo("Europe/Paris")) == expected
+
+
+def test_a_products_export_row_without_id_is_rejected_alone(tmp_path):
+    """The file-shape stop is for orders; a product row without id is one rejected row."""
+    src = tmp_path / "p.csv"
+    src.write_text("Sku,Title\nA1,Tee\n,Cap\nB2,Mug\n", encoding="utf-8")
+    done = convert(
+        src,
+        tmp_path / "w",
+        kind="products",
+        mapping=parse_mapping({"fields": {"id": "Sku", "name": "Title"}}, "m"),
+        settings=ConvertSettings(workers=1),
+    )
+    assert done.report.objects_valid == 2 and done.report.rows_rejected == 1 and done.report.accounted

@@ -139,7 +139,7 @@ def cut_runs(
                 continue
             row = prepared
         cid = row.cells[id_col] or None
-        if cid is None and transform is not None:
+        if cid is None and transform is not None and not per_row:  # conversions
             if transform.continued and not runs:
                 current = Run(None, [row], pre or [], continued=True)
                 runs.append(current)
