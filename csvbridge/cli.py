@@ -107,6 +107,7 @@ def _convert_overrides(args: argparse.Namespace) -> dict[str, object]:
         "decimal_comma": args.decimal_comma,
         "mapping": args.mapping,
         "sheet": args.sheet,
+        "preset": args.preset,
     }
     return {f"convert.{k}": v for k, v in given.items() if v is not None}
 
@@ -318,6 +319,27 @@ def _config_option(p: argparse.ArgumentParser) -> None:
     _path(p.add_argument("--config", type=Path, help=CONFIG_HELP))
 
 
+def cmd_mapping_show(args: argparse.Namespace) -> int:
+    from csvbridge.read.mapping import preset_text
+
+    print(preset_text(args.name), end="")
+    return EXIT_OK
+
+
+def cmd_mapping_check(args: argparse.Namespace) -> int:
+    from csvbridge.read.mapping.check import check_file
+
+    bench = check_file(
+        args.input,
+        mapping=args.mapping,
+        preset=args.preset,
+        orders=args.orders,
+        settings=load_settings(args.config, overrides=_convert_overrides(args)).convert,
+    )
+    print(bench.as_text(), end="")
+    return EXIT_OK if bench.ok else EXIT_REJECTED
+
+
 def _add_convert_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `convert` and `send`: the input, its reading, the report."""
     _path(p.add_argument("input", help="CSV file (.csv or .csv.gz), Excel .xlsx, or - for stdin"))
@@ -335,6 +357,11 @@ def _add_convert_options(p: argparse.ArgumentParser) -> None:
             help="YAML mapping for exports with their own headers (default: convert.mapping "
             "in the config, else the documented headers)",
         )
+    )
+    p.add_argument(
+        "--preset",
+        help="a shipped mapping: shopify, woocommerce, magento, prestashop, commercehq "
+        "(default: convert.preset in the config)",
     )
     p.add_argument("--strict", action="store_true", help="reject spreadsheet-damaged values")
     p.add_argument(
@@ -466,6 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_debug_codegen)
 
+    p = _sub(sub, "mapping", "presets and the mapping workbench")
+    mapping = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    p = _sub(mapping, "show", "print a shipped preset (a mapping to edit)")
+    p.add_argument("name", help="shopify, woocommerce, magento, prestashop, commercehq")
+    p.set_defaults(func=cmd_mapping_show)
+    p = _sub(mapping, "check", "how a mapping fills the first orders of a file; ships nothing")
+    p.add_argument("--orders", type=int, default=3, help="orders to show")
+    _add_convert_options(p)
+    p.set_defaults(func=cmd_mapping_check, kind="conversions", products_from_conversions=False)
     p = _sub(
         sub, "hash-password", "hash a password for the embedded FTP drop (users[].password_hash)"
     )

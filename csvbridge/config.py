@@ -146,6 +146,7 @@ class ConvertSettings(_Section):
     """How CSV rows become conversions."""
 
     mapping: Path | None = None
+    preset: str | None = None  # a shipped mapping (csvbridge mapping show NAME)
     strict: bool = False
     conflict: Literal["reject", "first", "last"] = "reject"
     encoding: str | None = None  # None: detect (UTF-8 with/without BOM, then cp1252)

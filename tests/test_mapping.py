@@ -26,9 +26,13 @@ def apply(fields: dict, header: list[str], row: list[str], **options):
     m = mapping(fields, **options)
     transform = compile_mapping(m, header, CodecOptions(timezone=m.options.timezone))
     values = transform.fn(row)
+    for i, v in transform.defaults.items():  # order-level defaults: the fold's, per order
+        values[i] = values[i] or v
     errors = {transform.paths[i]: e for i, e in transform.errors}
     transform.errors.clear()
-    return dict(zip(transform.paths, values, strict=True)), errors
+    out = dict(zip(transform.paths, values, strict=True))
+    out.pop("", None)  # the row's role cell
+    return out, errors
 
 
 # --------------------------------------------------------------------------- loading

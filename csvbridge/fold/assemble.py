@@ -74,6 +74,9 @@ class Assembler:
         self.item_id_from_product = plan.item_id_from_product
         self._required_rank = plan.required_rank
         self._item_memo: dict[str, bytes] | None = {} if plan.memo_items else None
+        self.role_col = -1  # mapped files: "o" in this cell marks an order-only row
+        self.line_index = False  # mapped files: item ids are line positions
+        self.defaults: list[tuple[int, str]] = []  # mapped files: order-level defaults
         self._memo_tries = self._memo_hits = 0
 
     def build_product(self, row: Row) -> Built:
@@ -95,11 +98,31 @@ class Assembler:
         cid = first.cells[self.id_col]
         problems: list[Problem] = []
         head_row = first
-        if len(rows) > 1 and self.conv_cols:
-            head_row = self._check_conflicts(rows, cid, problems) or first
+        heads = rows
+        if self.role_col >= 0:  # mapped: only rows that carry order fields can disagree
+            role = self.role_col
+            heads = [r for r in rows if r.cells[role] != "i"] or [first]
+            head_row = heads[0]
+        if len(heads) > 1 and self.conv_cols:
+            head_row = self._check_conflicts(heads, cid, problems) or head_row
+        if self.defaults:
+            cells = head_row.cells
+            if any(not cells[c] for c, _ in self.defaults):
+                cells = list(cells)
+                for c, v in self.defaults:
+                    cells[c] = cells[c] or v
+                head_row = Row(head_row.line, cells)
         members = self._head_members(head_row.cells, head_row.line, cid, problems)
         seen_ids: dict[str, int] = {}
-        items = [self._item_member(r.cells, r.line, cid, seen_ids, problems) for r in rows]
+        item_rows = rows
+        if self.role_col >= 0:
+            role = self.role_col
+            item_rows = [r for r in rows if r.cells[role] != "o"]  # "" and "i" are items
+            if self.line_index:
+                at = self.item_id_col
+                for n, r in enumerate(item_rows, 1):
+                    r.cells[at] = str(n)
+        items = [self._item_member(r.cells, r.line, cid, seen_ids, problems) for r in item_rows]
         return self._finish(cid, members, items, problems, tuple(r.line for r in rows))
 
     def build_shared(

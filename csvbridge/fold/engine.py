@@ -55,7 +55,7 @@ from csvbridge.fold.worker import (
 )
 from csvbridge.read.csvfile import CHUNK_BYTES, CsvFile
 from csvbridge.read.limits import ReadLimits
-from csvbridge.read.mapping import Mapping, load_mapping
+from csvbridge.read.mapping import Mapping, load_mapping, load_preset
 from csvbridge.report import Problem, ProblemLog, Report
 from csvbridge.schema.codecs import CodecOptions
 from csvbridge.schema.models import MAX_ITEMS
@@ -253,9 +253,12 @@ class Engine:
                 if res.dup_inside or not ids.add_new(fresh):
                     raise Ungrouped
                 if res.head is None:
+                    writer.write(res.out)  # rows the mapping skipped, if any
                     continue
                 # stitch the run that straddles the previous boundary
                 head = res.head
+                if carry is not None and getattr(head, "continued", False):
+                    head.id = carry.id  # rows filled down from the previous chunk
                 if carry is not None and head.id is not None and head.id == carry.id:
                     head = _stitch(carry, head)
                     carry = None
@@ -330,6 +333,8 @@ def convert(
     work = WorkDir(work_dir)
     if mapping is None and settings.mapping is not None:
         mapping = settings.mapping
+    if mapping is None and settings.preset:
+        mapping = load_preset(settings.preset)
     if isinstance(mapping, (str, Path)):
         mapping = load_mapping(mapping)
     if products_from_conversions:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from csvbridge.errors import InputError
 from csvbridge.read.csvfile import Row, parse_lines
 from csvbridge.read.limits import DEFAULT_LIMITS
 from csvbridge.read.mapping import RowTransform
@@ -29,6 +30,7 @@ class Run:
     id: str | None  # None: the row had no id and stands alone
     rows: list[Row]
     pre: list[Problem] = field(default_factory=list)
+    continued: bool = False  # rows before a chunk's first order key (fill-down)
 
 
 @dataclass(slots=True)
@@ -43,8 +45,14 @@ class Shared:
         return Run(self.id, [Row(n, self.head + t.split(delimiter)) for n, t in self.items])
 
 
-def prepare_row(row: Row, ncols: int, transform: RowTransform | None) -> tuple[Row, list[Problem]]:
-    """Pad a ragged row (and flag it), and apply the mapping; collect the problems."""
+def prepare_row(
+    row: Row, ncols: int, transform: RowTransform | None
+) -> tuple[Row | None, list[Problem]]:
+    """Pad a ragged row (and flag it), and apply the mapping; collect the problems.
+
+    The row is None when the mapping's roles skip it: the first problem then says why
+    (a ``ROW_SKIPPED`` warning, counted by reason in the report).
+    """
     pre: list[Problem] = []
     cells = row.cells
     if len(cells) != ncols:
@@ -60,14 +68,22 @@ def prepare_row(row: Row, ncols: int, transform: RowTransform | None) -> tuple[R
         cells = (cells + [""] * ncols)[:ncols]
     if transform is not None:
         original = cells
-        cells = transform.fn(cells)
+        mapped = transform.fn(cells)
+        if mapped is None:
+            skipped = Problem(
+                "ROW_SKIPPED", f"row skipped: {transform.skip}", None, (row.line,), warning=True
+            )
+            transform.errors.clear()
+            transform.notes.clear()
+            return None, [skipped]
+        cells = mapped
         for i, err in transform.errors:
             col = transform.source_cols[i]
             pre.append(
                 Problem(
                     err.code,
                     err.detail,
-                    transform.paths[i],
+                    transform.paths[i] or None,
                     (row.line,),
                     None,
                     transform.sources[i],
@@ -77,21 +93,69 @@ def prepare_row(row: Row, ncols: int, transform: RowTransform | None) -> tuple[R
                 )
             )
         transform.errors.clear()
+        for i, code, detail, value in transform.notes:
+            pre.append(
+                Problem(
+                    code,
+                    detail,
+                    transform.paths[i] or None,
+                    (row.line,),
+                    None,
+                    transform.sources[i],
+                    value,
+                    warning=True,
+                )
+            )
+        transform.notes.clear()
     return Row(row.line, cells), pre
 
 
 def cut_runs(
-    rows: list[Row], id_col: int, transform: RowTransform | None, ncols: int, per_row: bool
+    rows: list[Row],
+    id_col: int,
+    transform: RowTransform | None,
+    ncols: int,
+    per_row: bool,
+    skipped: list[Problem] | None = None,
 ) -> list[Run]:
-    """Cut parsed rows into runs of one id, flagging ragged rows with their line."""
+    """Cut parsed rows into runs of one id, flagging ragged rows with their line.
+
+    With a mapping: rows its roles skip go to `skipped` (one ``ROW_SKIPPED`` problem
+    each); rows before the first order key of a chunk that fills keys down start a run
+    marked `continued` (the engine joins it to the previous chunk's last conversion);
+    a row without an order key when the mapping does not fill down is a mistake in
+    the file's shape, and stops the file (`InputError`) with one message, since its
+    items would otherwise be lost from an order shipped without them.
+    """
     runs: list[Run] = []
     current: Run | None = None
     current_id: str | None = None
     for row in rows:
         pre: list[Problem] | None = None
         if len(row.cells) != ncols or transform is not None:
-            row, pre = prepare_row(row, ncols, transform)
+            prepared, pre = prepare_row(row, ncols, transform)
+            if prepared is None:
+                if skipped is not None:
+                    skipped.extend(pre)
+                continue
+            row = prepared
         cid = row.cells[id_col] or None
+        if cid is None and transform is not None and not per_row:  # conversions
+            if transform.continued and not runs:
+                current = Run(None, [row], pre or [], continued=True)
+                runs.append(current)
+                continue
+            if transform.continued and current is not None and current.continued:
+                current.rows.append(row)
+                current.pre.extend(pre or [])
+                continue
+            if not transform.fill_down:
+                raise InputError(
+                    f"line {row.line}: the row has no order key ({transform.key_source}); "
+                    "the export leaves it blank on an order's later rows (continuation "
+                    "rows): set rows.fill_down: true in the mapping to take it from the "
+                    "row above, or skip such rows with a role"
+                )
         if pre:
             for p in pre:
                 p.id = cid

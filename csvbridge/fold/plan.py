@@ -121,6 +121,15 @@ class ColumnPlan:
         """The rows of one conversion (same id, file order) -> a Record or its problems."""
         return self._assembler.build(rows)
 
+    def use_roles(self, role_col: int, line_index: bool, defaults: dict[int, str]) -> None:
+        """A mapped file: rows whose `role_col` cell is ``"o"`` are order-only (merged
+        into their order, no item); with `line_index` an item's id is its position
+        among its order's items (1, 2, ...), so two lines of one SKU stay two items;
+        `defaults` fill order-level cells no row of the order filled."""
+        a = self._assembler
+        a.role_col, a.line_index = role_col, line_index
+        a.defaults = [(c, v) for c, v in defaults.items() if c in self.codecs]
+
     def build_shared(
         self, head: list[str], cid: str, items: list[tuple[int, str]], delimiter: str
     ) -> Built:

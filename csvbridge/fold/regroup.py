@@ -116,7 +116,8 @@ def park(parts: Iterable[ChunkResult], buckets: Buckets, report: Report) -> None
             if not res.boundary_ok:
                 raise Boundary
             report.rows_read += res.rows + res.blank
-            report.rows_skipped += res.blank
+            report.rows_skipped += res.blank + res.out.rows_dup  # blank, or skipped by roles
+            report.problems.extend(res.out.problems)
             for k, blob in (res.buckets or {}).items():
                 files[k].write(blob)
     finally:

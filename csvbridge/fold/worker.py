@@ -23,6 +23,7 @@ from csvbridge.fold.workdir import Output
 from csvbridge.read.csvfile import CsvFile, Dialect, Row, parse_chunk
 from csvbridge.read.limits import DEFAULT_LIMITS, ReadLimits
 from csvbridge.read.mapping import Mapping, RowTransform, compile_mapping
+from csvbridge.read.mapping.compile import check_items
 from csvbridge.report import Problem
 from csvbridge.schema.codecs import CodecOptions
 from csvbridge.schema.models import MAX_ITEMS
@@ -53,6 +54,8 @@ class Spec:
         transform = None
         if self.mapping is not None:
             transform = compile_mapping(self.mapping, self.header, self.options)
+            if self.kind == "conversions" and not self.products_from_conversions:
+                check_items(self.mapping)
             paths, sources = list(transform.paths), transform.sources
         else:
             paths, sources = [normalize_header(h) for h in self.header], list(self.header)
@@ -61,6 +64,8 @@ class Spec:
         if self.products_from_conversions:
             paths = [p[len(ITEM_PRODUCT) :] if p.startswith(ITEM_PRODUCT) else "" for p in paths]
         plan = Plan(paths, sources, kind=self.kind, options=self.options, conflict=self.conflict)
+        if transform is not None and self.kind == "conversions":
+            plan.use_roles(transform.role_col, transform.line_index, transform.defaults)
         return plan, transform
 
 
@@ -161,12 +166,15 @@ class ChunkResult:
     buckets: dict[int, bytes] | None = None  # pass 1 of a regroup: pickled runs per bucket
 
 
-def cut(rows: list[Row], st: WorkerState) -> list[Run]:
-    """Parsed rows -> runs (a fixed rejects file's cells restored first)."""
+def cut(rows: list[Row], st: WorkerState, skipped: list[Problem] | None = None) -> list[Run]:
+    """Parsed rows -> runs (a fixed rejects file's cells restored first); rows the
+    mapping skips go to `skipped`."""
     if st.spec.fixed_rejects:
         restore_rows(rows)
     plan = st.plan
-    return cut_runs(rows, plan.id_col, st.transform, len(st.spec.header), plan.kind == "products")
+    return cut_runs(
+        rows, plan.id_col, st.transform, len(st.spec.header), plan.kind == "products", skipped
+    )
 
 
 def _records(data: bytes, first_line: int, st: WorkerState) -> Records | None:
@@ -178,11 +186,15 @@ def _records(data: bytes, first_line: int, st: WorkerState) -> Records | None:
     return records(text, first_line, st.layout)  # type: ignore[arg-type]
 
 
-def _parse(data: bytes, first_line: int, st: WorkerState) -> tuple[list[Run], int, int, bool]:
+def _parse(
+    data: bytes, first_line: int, st: WorkerState, skipped: list[Problem]
+) -> tuple[list[Run], int, int, bool]:
     """Runs of a chunk parsed by the csv module: (runs, rows, blank, boundary_ok)."""
     spec = st.spec
     parsed = parse_chunk(data, first_line, spec.dialect, max_cell=spec.limits.max_cell_chars)
-    runs = cut(parsed.rows, st)
+    if st.transform is not None:
+        st.transform.reset()  # the row above this chunk is in another chunk
+    runs = cut(parsed.rows, st, skipped)
     if parsed.bad_encoding:
         bad = set(parsed.bad_encoding)
         for run in runs:
@@ -206,6 +218,7 @@ def chunk_task(task: ChunkTask) -> ChunkResult:
     plan, spec, layout = st.plan, st.spec, st.layout
     d = spec.dialect.delimiter
     recs = _records(data, task.first_line, st) if layout is not None else None
+    skipped: list[Problem] = []
     if recs is not None:
         if task.buckets:
             parts = regroup.split(recs.items, task.buckets, plan.kind, layout)
@@ -215,7 +228,7 @@ def chunk_task(task: ChunkTask) -> ChunkResult:
         runs: list[Run | Shared] = cut_lane(recs.items, layout)  # type: ignore[arg-type]
         nrows, blank, boundary_ok = recs.rows, recs.blank, True
     else:
-        parsed, nrows, blank, boundary_ok = _parse(data, task.first_line, st)
+        parsed, nrows, blank, boundary_ok = _parse(data, task.first_line, st, skipped)
         runs = list(parsed)
     seen: set[str] = set()
     dup = False
@@ -229,7 +242,7 @@ def chunk_task(task: ChunkTask) -> ChunkResult:
     if task.buckets:
         parts = regroup.split(map(bounded, runs), task.buckets, plan.kind, layout)
         return ChunkResult(
-            out=Output(),
+            out=_with_skipped(skipped),
             rows=nrows,
             blank=blank,
             boundary_ok=boundary_ok,
@@ -244,7 +257,7 @@ def chunk_task(task: ChunkTask) -> ChunkResult:
         if inner:
             last, inner = inner[-1], inner[:-1]
             tail = _edge(last, d)
-    out = Output()
+    out = _with_skipped(skipped)
     for run in inner:
         if isinstance(run, Shared):
             if len(run.items) > MAX_ITEMS:  # counted, not built: see build.Overflow
@@ -267,6 +280,15 @@ def chunk_task(task: ChunkTask) -> ChunkResult:
         run_ids=run_ids,
         dup_inside=dup,
     )
+
+
+def _with_skipped(skipped: list[Problem]) -> Output:
+    """An output that reports the rows the mapping skipped, one problem each: the
+    report counts them as skipped, aggregated by reason."""
+    out = Output()
+    out.problems.extend(skipped)
+    out.rows_dup = len(skipped)
+    return out
 
 
 def _edge(run: Run | Shared, delimiter: str) -> Edge:
@@ -293,8 +315,11 @@ def park_stream(csvf: CsvFile, buckets: int, rows_per_batch: int = 5000) -> Iter
 
 
 def _parked(rows: list[Row], blank: int, buckets: int, st: WorkerState) -> ChunkResult:
-    parts = regroup.split(map(bounded, cut(rows, st)), buckets, st.plan.kind, None)
-    return ChunkResult(out=Output(), rows=len(rows), blank=blank, boundary_ok=True, buckets=parts)
+    skipped: list[Problem] = []
+    parts = regroup.split(map(bounded, cut(rows, st, skipped)), buckets, st.plan.kind, None)
+    return ChunkResult(
+        out=_with_skipped(skipped), rows=len(rows), blank=blank, boundary_ok=True, buckets=parts
+    )
 
 
 def bucket_task(task: BucketTask) -> None:
