@@ -119,6 +119,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     settings.convert = _convert_settings(args, settings.convert)
+    _setup_logging(settings)  # progress lines off a terminal, retries, the summary
     outcome = send_file(
         args.input,
         settings,

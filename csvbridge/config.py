@@ -240,11 +240,16 @@ class StateSettings(_Section):
 class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # off a terminal, a progress line (file, rows, objects, rate, ETA) this often
+    progress_seconds: float = Field(10.0, gt=0)
 
 
 class MetricsSettings(_Section):
     port: int | None = None  # serve /healthz and /metrics when set
     host: str = "127.0.0.1"
+    # `csvbridge run` writes its metrics here for node_exporter's textfile collector
+    # (e.g. /var/lib/node_exporter/textfile_collector/csvbridge.prom)
+    textfile: Path | None = None
 
 
 class Settings(_Section):
@@ -361,6 +366,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     settings.state.ledger = fix(settings.state.ledger)  # type: ignore[assignment]
     settings.state.work_dir = fix(settings.state.work_dir)  # type: ignore[assignment]
     settings.state.lock_file = fix(settings.state.lock_file)  # type: ignore[assignment]
+    settings.metrics.textfile = fix(settings.metrics.textfile)
     for src in settings.sources:
         src.url = _local_url(src.url, base)
         src.convert.mapping = fix(src.convert.mapping)

@@ -30,6 +30,7 @@ from csvbridge.errors import (
 from csvbridge.files import move_into_place, open_private, write_bytes
 from csvbridge.fold.assemble import Record
 from csvbridge.fold.engine import Converted, convert, read_records, write_rejects
+from csvbridge.progress import showing
 from csvbridge.report import EventCounts, FileState, Problem, Report
 
 log = logging.getLogger(__name__)
@@ -360,16 +361,18 @@ def send_file(
             src = work / "stdin.csv"
             with open(src, "wb") as f:
                 shutil.copyfileobj(sys.stdin.buffer, f)
-        outcome = process_file(
-            src,
-            work / "work",
-            settings,
-            name=str(source),
-            kind=kind,
-            sinks=sinks or settings.sinks,
-            products_from_conversions=products_from_conversions,
-            dry_run=dry_run,
-        )
+        # progress for both phases: bars on a terminal, else a log line every N seconds
+        with showing(every=settings.logging.progress_seconds):
+            outcome = process_file(
+                src,
+                work / "work",
+                settings,
+                name=str(source),
+                kind=kind,
+                sinks=sinks or settings.sinks,
+                products_from_conversions=products_from_conversions,
+                dry_run=dry_run,
+            )
         if rejects_path is not None and outcome.rejects is not None:
             move_into_place(outcome.rejects, rejects_path)  # private; never replaces a device
             outcome.report.outputs["rejects"] = str(rejects_path)
