@@ -151,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     _setup_logging(settings)
-    summary = run_once(settings)
+    summary = run_once(settings, progress=None)  # bars on a terminal, else log lines
     print(summary.describe(), file=sys.stderr)
     if summary.fatal:
         print(f"csvbridge: {summary.fatal}", file=sys.stderr)
@@ -165,7 +165,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         settings.metrics.port = args.metrics_port
     _setup_logging(settings)
-    return watch(settings)
+    return watch(settings, progress=None)  # bars on a terminal, else log lines
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1,36 +1,26 @@
 """The daemon's banner: what `csvbridge watch` is about to do, logged once at start.
 
 Logged (not printed): under systemd or in a container the log is where an operator
-looks first.  URLs lose their password, and the whole line goes through the redactor.
+looks first.  Every line goes through the redactor.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from csvbridge import __version__
 from csvbridge.config import Settings
 from csvbridge.drops.inboxes import kind_of
+from csvbridge.redaction import redact
 
 log = logging.getLogger("csvbridge.drops")
 
 
 def safe_url(url: str) -> str:
-    """`url` without a password in its user part (``ftp://bob@host/``)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        host = f"[{host}]" if ":" in host else host
-        netloc = f"{parts.username}@{host}" if parts.username else host
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return "(unparsable URL)"
+    """`url` as it may be logged.  A drop URL never holds a password (the filesystem
+    registry refuses one, without echoing it); secrets anywhere else are masked."""
+    return redact(url)
 
 
 def destinations(settings: Settings) -> list[str]:

@@ -107,7 +107,8 @@ class Runner:
         summary.seconds = time.monotonic() - started
         self.metrics.set("last_pass_duration_seconds", summary.seconds)
         self.metrics.set("last_pass_timestamp_seconds", self.clock())
-        log.info(summary.describe())
+        fields = {**summary.totals(), "seconds": round(summary.seconds, 3)}
+        log.info(summary.describe(), extra={**fields, "exit_code": summary.exit_code})
         return summary
 
     def run_source(self, source: SourceSettings, *, settle: bool = True) -> SourceResult:
