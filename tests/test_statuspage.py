@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from csvbridge.config import SourceSettings
 from csvbridge.progress import Telemetry
@@ -183,6 +184,22 @@ def test_status_page_in_a_real_browser_shows_progress_updates_and_links_reports(
             return now if now and now[1] != width and now[2] > updates else None
 
         wait_until(moved, timeout=30, what="the bar to move")
+
+        # meanwhile /metrics has the file's objects remaining and its ETA
+        def in_flight() -> tuple[float, float] | None:
+            _, text = fetch(url + "/metrics")
+            found = {
+                s.name: s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.labels == {"source": "shop"}
+            }
+            left = found.get("csvbridge_file_objects_remaining", 0)
+            eta = found.get("csvbridge_file_eta_seconds", 0)
+            return (left, eta) if 0 < left < 150 and eta > 0 else None
+
+        left, eta = wait_until(in_flight, timeout=30, what="remaining objects and ETA")
+        assert eta < 60  # 30 objects/s
 
         # sources, with the failing one's state and reason
         wait_until(
