@@ -166,6 +166,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     from csvbridge.pipeline import send_file
 
     settings = load_settings(args.config, overrides=_convert_overrides(args))
+    _setup_logging(settings)  # progress lines off a terminal, retries, the summary
     stdin = str(args.input) == "-"
     sink = {"api": ["api"], "feed": ["feed"], "both": ["api", "feed"]}.get(args.sink or "")
     with _graceful_stop() as stop:
@@ -200,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     _setup_logging(settings)
-    summary = run_once(settings)
+    summary = run_once(settings, progress=None)  # bars on a terminal, else log lines
     print(summary.describe(), file=sys.stderr)
     if summary.fatal:
         print(f"csvbridge: {summary.fatal}", file=sys.stderr)
@@ -213,7 +214,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     port = {} if args.metrics_port is None else {"metrics.port": args.metrics_port}
     settings = load_settings(args.config, overrides=port)
     _setup_logging(settings)
-    return watch(settings)
+    return watch(settings, progress=None)  # bars on a terminal, else log lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -297,11 +297,16 @@ STATE_FILES = {"ledger": "ledger.sqlite", "work_dir": "work", "lock_file": "csvb
 class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # off a terminal, a progress line (file, rows, objects, rate, ETA) this often
+    progress_seconds: float = Field(10.0, gt=0)
 
 
 class MetricsSettings(_Section):
     port: int | None = None  # serve /healthz and /metrics when set
     host: str = "127.0.0.1"
+    # `csvbridge run` writes its metrics here for node_exporter's textfile collector
+    # (e.g. /var/lib/node_exporter/textfile_collector/csvbridge.prom)
+    textfile: Path | None = None
 
 
 class Settings(_Section):

@@ -325,6 +325,7 @@ def resolve_paths(settings: Any, base_of: Callable[[str], Path]) -> Any:
         return p if p.is_absolute() else base_of(key) / p
 
     settings.convert.mapping = fix(settings.convert.mapping, "convert.mapping")
+    settings.metrics.textfile = fix(settings.metrics.textfile, "metrics.textfile")
     state = settings.state
     state.dir = fix(state.dir, "state.dir")
     if isinstance(state.ledger, Path):  # a postgresql:// URL is not a path

@@ -1,4 +1,6 @@
-"""The daemon's ``/metrics`` and ``/healthz`` endpoint, bounded in threads, sockets and time.
+"""The daemon's HTTP port, bounded in threads, sockets and time: ``/metrics`` (Prometheus),
+``/healthz`` and, when given a `StatusPage`, the status page (``/``, ``/status.json``,
+``/reports/<n>``).
 
 Why not `ThreadingHTTPServer`: it starts a thread per connection and waits forever for a
 request, so a few hundred idle connections (a port scanner, a stuck load balancer) used
@@ -36,7 +38,8 @@ from csvbridge.errors import ConfigError
 from csvbridge.redaction import redact
 
 if TYPE_CHECKING:
-    from csvbridge.observe import Metrics
+    from csvbridge.metrics import Metrics
+    from csvbridge.statuspage import StatusPage
 
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 _log = logging.getLogger("csvbridge.observe")
@@ -51,17 +54,22 @@ REQUEST_DEADLINE = 10.0  # and the whole exchange: a client trickling bytes is c
 class _Handler(BaseHTTPRequestHandler):
     """One request per connection (HTTP/1.0): a worker is never held by keep-alive."""
 
-    server: Any  # the `MetricsServer` (it provides .metrics and .health)
+    server: Any  # the `MetricsServer` (it provides .metrics, .health and .status)
     server_version = "csvbridge"
     timeout = REQUEST_SECONDS
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
         path = self.path.split("?", 1)[0]
-        if path == "/metrics":
+        page = self.server.status.answer(path) if self.server.status is not None else None
+        if page is not None:
+            self._send(page.status, page.body, page.content_type)
+        elif path == "/metrics":
+            from csvbridge.metrics import CONTENT_TYPE
+
             ok, _ = self._health()
             self.server.metrics.set("up", 1 if ok else 0)
             body = self.server.metrics.render().encode()
-            self._send(200, body, "text/plain; version=0.0.4; charset=utf-8")
+            self._send(200, body, CONTENT_TYPE)
         elif path == "/healthz":
             ok, details = self._health()
             payload = {"status": "ok" if ok else "unhealthy", **details}
@@ -83,6 +91,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        # the status page's own script and styles only; nothing from elsewhere
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "connect-src 'self'; img-src 'self'",
+        )
         self.end_headers()
         self.wfile.write(body)
 
@@ -111,7 +126,8 @@ def _close(conn: socket.socket) -> None:
 
 
 class MetricsServer:
-    """Serves ``GET /metrics`` and ``GET /healthz`` from a daemon thread; starts at once.
+    """Serves ``GET /metrics``, ``GET /healthz`` (and the status page, when `status` is
+    given) from a daemon thread; starts at once.
 
     ``health()`` returns ``(ok, details)``: ``/healthz`` answers 200
     ``{"status": "ok", **details}`` or 503 ``{"status": "unhealthy", **details}`` (put the
@@ -126,6 +142,7 @@ class MetricsServer:
         port: int = 0,
         health: HealthCheck | None = None,
         *,
+        status: StatusPage | None = None,
         workers: int = WORKERS,
         max_waiting: int = MAX_WAITING,
         idle_seconds: float = IDLE_SECONDS,
@@ -140,6 +157,7 @@ class MetricsServer:
             reason = getattr(exc, "strerror", None) or str(exc)
             raise ConfigError(f"cannot serve metrics: {reason}", host=host, port=port) from None
         self.metrics, self.health = metrics, health or _always_healthy
+        self.status = status
         self.host, self.port = host, int(self._listener.getsockname()[1])
         self._workers, self._max_waiting, self._idle = workers, max_waiting, idle_seconds
         self._deadline = request_deadline

@@ -5,27 +5,26 @@ Secrets are masked twice: config holds them as `SecretStr`, and every value hand
 traceback, JSON fields -- by a filter and the formatters of the root handler, so a token
 cannot leak even through a third-party library's debug output.
 
-Metrics are a small thread-safe registry (`Metrics`) rendered by hand in the Prometheus
-text format, served with ``/healthz`` by `MetricsServer` (`csvbridge.metrics_http`:
-bounded threads and sockets, stdlib only).
+Metrics (`csvbridge.metrics.Metrics`, on prometheus_client) are served with
+``/healthz`` and the status page by `MetricsServer` (`csvbridge.metrics_http`: bounded
+threads and sockets).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from csvbridge.metrics import Metrics
 from csvbridge.metrics_http import HealthCheck, MetricsServer
 from csvbridge.redaction import MASK, redact, register_secret
 
 __all__ = [
     "MASK",
+    "fields_of",
     "HealthCheck",
     "JsonFormatter",
     "Metrics",
@@ -57,6 +56,11 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
+        for key, value in fields_of(record).items():  # extra= fields, for any handler
+            if key != "fields" and hasattr(record, key):
+                setattr(record, key, _redact_values(value))
+        if isinstance(getattr(record, "fields", None), dict):
+            record.fields = _redact_values(record.fields)  # type: ignore[attr-defined]
         return True
 
 
@@ -77,7 +81,30 @@ def _redact_values(value: Any) -> Any:
     return redact(str(value)) if not isinstance(value, int | float | bool | None) else value
 
 
+# what every LogRecord has: anything else on a record came from ``extra=`` (a field)
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "fields",
+    "taskName",
+}
+_RESERVED = ("ts", "level", "logger", "message", "exception", "stack")
+
+
+def fields_of(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields of a record: what was passed as ``extra={...}`` (source,
+    file, batch, status, counts...), and the older ``extra={"fields": {...}}`` form."""
+    out = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and k[:1] != "_"}
+    nested = getattr(record, "fields", None)
+    if isinstance(nested, dict):
+        out.update(nested)
+    return out
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; ``extra`` fields are top-level keys (a field named like
+    a base key -- ts, level, message... -- is kept under ``field_<name>``)."""
+
     def format(self, record: logging.LogRecord) -> str:
         out = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -86,9 +113,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            out.update(extra)
+        for key, value in fields_of(record).items():
+            out[f"field_{key}" if key in _RESERVED else key] = value
         if record.exc_text or record.exc_info:
             out["exception"] = record.exc_text or self.formatException(record.exc_info)
         if record.stack_info:
@@ -113,151 +139,3 @@ def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
-
-
-# -- metrics -----------------------------------------------------------------------
-
-MetricType = Literal["counter", "gauge"]
-LabelKey = tuple[str, ...]
-
-# name -> (type, help, label names).  Names are given without the namespace prefix.
-METRICS: dict[str, tuple[MetricType, str, tuple[str, ...]]] = {
-    "files_processed_total": (
-        "counter",
-        "Source files finished, by source and final status (done or failed).",
-        ("source", "status"),
-    ),
-    "conversions_shipped_total": (
-        "counter",
-        "Conversions accepted by the API.",
-        ("source",),
-    ),
-    "conversions_rejected_total": (
-        "counter",
-        "Conversions rejected, by csvbridge or by the API.",
-        ("source",),
-    ),
-    "errors_total": (
-        "counter",
-        "Errors by source and kind (transient, terminal, auth, input...).",
-        ("source", "kind"),
-    ),
-    "last_success_timestamp_seconds": (
-        "gauge",
-        "Unix time of the last file of this source processed successfully.",
-        ("source",),
-    ),
-    "last_pass_duration_seconds": (
-        "gauge",
-        "Duration of the last complete pass over all sources.",
-        (),
-    ),
-    "up": (
-        "gauge",
-        "1 while csvbridge is healthy, 0 otherwise (updated from the health check on scrape).",
-        (),
-    ),
-}
-
-
-@dataclass
-class _Family:
-    name: str
-    type: MetricType
-    help: str
-    labels: tuple[str, ...]
-    samples: dict[LabelKey, float] = field(default_factory=dict)
-
-
-class Metrics:
-    """Counters and gauges, safe to update from any thread, rendered for Prometheus.
-
-    Metric names are prefixed with ``namespace`` when rendered (``csvbridge_up``): the
-    bare ``up`` would be confused with the series Prometheus itself writes per target.
-    """
-
-    def __init__(self, namespace: str = "csvbridge") -> None:
-        self.namespace = namespace
-        self._lock = threading.Lock()
-        self._families = {
-            name: _Family(name, kind, text, labels)
-            for name, (kind, text, labels) in METRICS.items()
-        }
-        for family in self._families.values():
-            if not family.labels:  # always present, so dashboards do not see gaps
-                family.samples[()] = 0.0
-
-    def _key(self, family: _Family, labels: dict[str, str]) -> LabelKey:
-        if set(labels) != set(family.labels):
-            raise ValueError(
-                f"metric {family.name} takes labels {list(family.labels)}, got {sorted(labels)}"
-            )
-        return tuple(str(labels[n]) for n in family.labels)
-
-    def _family(self, name: str) -> _Family:
-        try:
-            return self._families[name]
-        except KeyError:
-            raise KeyError(f"unknown metric {name!r}") from None
-
-    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        """Add to a counter (or a gauge)."""
-        family = self._family(name)
-        if family.type == "counter" and amount < 0:
-            raise ValueError(f"counter {name} cannot decrease")
-        key = self._key(family, labels)
-        with self._lock:
-            family.samples[key] = family.samples.get(key, 0.0) + amount
-
-    def set(self, name: str, value: float, **labels: str) -> None:
-        """Set a gauge."""
-        family = self._family(name)
-        if family.type != "gauge":
-            raise ValueError(f"{name} is a counter; use inc()")
-        key = self._key(family, labels)
-        with self._lock:
-            family.samples[key] = float(value)
-
-    def get(self, name: str, **labels: str) -> float:
-        """Current value (0 for a label set never touched)."""
-        family = self._family(name)
-        key = self._key(family, labels)
-        with self._lock:
-            return family.samples.get(key, 0.0)
-
-    def render(self) -> str:
-        """The Prometheus text exposition format (version 0.0.4)."""
-        out: list[str] = []
-        with self._lock:
-            for family in self._families.values():
-                full = f"{self.namespace}_{family.name}" if self.namespace else family.name
-                out.append(f"# HELP {full} {_escape_help(family.help)}")
-                out.append(f"# TYPE {full} {family.type}")
-                for key, value in sorted(family.samples.items()):
-                    if family.labels:
-                        pairs = ",".join(
-                            f'{n}="{_escape_label(v)}"'
-                            for n, v in zip(family.labels, key, strict=True)
-                        )
-                        out.append(f"{full}{{{pairs}}} {_format_value(value)}")
-                    else:
-                        out.append(f"{full} {_format_value(value)}")
-        return "\n".join(out) + "\n"
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)

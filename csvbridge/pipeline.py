@@ -31,6 +31,7 @@ from csvbridge.errors import (
 from csvbridge.files import move_into_place, open_private, write_bytes
 from csvbridge.fold.assemble import Record
 from csvbridge.fold.engine import Converted, convert, read_records, write_rejects
+from csvbridge.progress import showing
 from csvbridge.report import EventCounts, FileState, Problem, Report
 
 log = logging.getLogger(__name__)
@@ -370,17 +371,19 @@ def send_file(
             src = work / "input.csv"
             with open(src, "wb") as f:
                 shutil.copyfileobj(source, f, 1 << 20)
-        outcome = process_file(
-            src,
-            work / "work",
-            settings,
-            name=label,
-            kind=kind,
-            sinks=sinks or settings.sinks,
-            products_from_conversions=products_from_conversions,
-            dry_run=dry_run,
-            stop=stop,
-        )
+        # progress for both phases: bars on a terminal, else a log line every N seconds
+        with showing(every=settings.logging.progress_seconds):
+            outcome = process_file(
+                src,
+                work / "work",
+                settings,
+                name=label,
+                kind=kind,
+                sinks=sinks or settings.sinks,
+                products_from_conversions=products_from_conversions,
+                dry_run=dry_run,
+                stop=stop,
+            )
         if stop is not None and stop.is_set():
             outcome.report.outputs["interrupted"] = "stopped on request; the rest was not sent"
         if rejects_path is not None and outcome.rejects is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from csvbridge.config import Settings
 from csvbridge.drops.daemon import watch
@@ -88,12 +89,12 @@ def get(url: str) -> tuple[int, str]:
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    """One sample of the Prometheus text (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    line = f"csvbridge_{name}{{{want}}} " if labels else f"csvbridge_{name} "
-    for row in text.splitlines():
-        if row.startswith(line):
-            return float(row[len(line) :])
+    """One sample of the Prometheus text, read with prometheus_client's parser (0 when
+    absent)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == f"csvbridge_{name}" and s.labels == labels:
+                return s.value
     return 0.0
 
 
@@ -131,7 +132,7 @@ def test_daemon_picks_up_files_survives_bad_ones_and_serves_metrics(
         text = wait_until(scraped_after_second, what="the metrics to count second.csv")
         assert metric(text, "files_processed_total", source="shop", status="done") == 2
         assert metric(text, "files_processed_total", source="shop", status="failed") == 1
-        assert metric(text, "conversions_shipped_total", source="shop") == 7
+        assert metric(text, "objects_total", source="shop", kind="conversions", outcome="shipped") == 7
         assert metric(text, "last_success_timestamp_seconds", source="shop") > 0
         assert metric(text, "up") == 1
     assert listing(drop)[""] == []

@@ -4,78 +4,86 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
+import stat
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from csvbridge.errors import ConfigError
 from csvbridge.metrics_http import MAX_WAITING, REQUEST_SECONDS, WORKERS
 from csvbridge.observe import Metrics, MetricsServer
 
-NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-LABEL_VALUE = r'"(?:[^"\\\n]|\\[\\"n])*"'
-LABELS = rf"\{{[a-zA-Z_]\w*={LABEL_VALUE}(?:,[a-zA-Z_]\w*={LABEL_VALUE})*\}}"
-SAMPLE = re.compile(rf"^({NAME})(?:{LABELS})? (NaN|[+-]Inf|-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)$")
-HELP = re.compile(rf"^# HELP ({NAME}) .+$")
-TYPE = re.compile(rf"^# TYPE ({NAME}) (counter|gauge)$")
+
+def families(text: str) -> dict[str, Metric]:
+    """Parse the exposition with prometheus_client's own parser: {family name: family}."""
+    return {f.name: f for f in text_string_to_metric_families(text)}
 
 
-def parse_exposition(text: str) -> dict[str, str]:
-    """Check every line of the text format; return {metric name: type}."""
-    assert text.endswith("\n")
-    types: dict[str, str] = {}
-    helps: set[str] = set()
-    for line in text.splitlines():
-        if m := HELP.match(line):
-            assert m.group(1) not in helps, f"HELP twice: {line}"
-            helps.add(m.group(1))
-        elif m := TYPE.match(line):
-            assert m.group(1) not in types, f"TYPE twice: {line}"
-            types[m.group(1)] = m.group(2)
-        else:
-            m = SAMPLE.match(line)
-            assert m, f"not a valid exposition line: {line!r}"
-            assert m.group(1) in types, f"sample before its TYPE: {line}"
-    assert helps == set(types)
-    return types
-
-
-def sample(text: str, line_start: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(line_start + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no sample {line_start!r} in:\n{text}")
+def value(text: str, name: str, **labels: str) -> float | None:
+    """The sample `name` with exactly `labels` (None when absent)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
 
 
 # -- registry ----------------------------------------------------------------------
 
 
-def test_render_is_valid_exposition_with_every_family() -> None:
+def test_every_family_parses_with_its_type_and_conventional_name() -> None:
     m = Metrics()
     m.inc("files_processed_total", source="ftp", status="done")
-    m.inc("conversions_shipped_total", 90, source="ftp")
+    m.inc("objects_total", 90, source="ftp", kind="conversions", outcome="shipped")
     m.set("last_success_timestamp_seconds", 1795334065.25, source="ftp")
     m.set("last_pass_duration_seconds", 1.5)
-    types = parse_exposition(m.render())
+    m.request("conversions/bulk", 429, 0.3)
+    m.request("conversions/bulk", 200, 1.2)
+    fams = families(m.render())
+    types = {name: f.type for name, f in fams.items() if name.startswith("csvbridge_")}
     assert types == {
-        "csvbridge_files_processed_total": "counter",
-        "csvbridge_conversions_shipped_total": "counter",
-        "csvbridge_conversions_rejected_total": "counter",
-        "csvbridge_errors_total": "counter",
+        "csvbridge_files_processed": "counter",
+        "csvbridge_objects": "counter",
+        "csvbridge_errors": "counter",
+        "csvbridge_api_requests": "counter",
+        "csvbridge_api_retries": "counter",
+        "csvbridge_api_rate_limited": "counter",
+        "csvbridge_api_request_duration_seconds": "histogram",
+        "csvbridge_file_objects_remaining": "gauge",
+        "csvbridge_file_eta_seconds": "gauge",
+        "csvbridge_files": "gauge",
         "csvbridge_last_success_timestamp_seconds": "gauge",
+        "csvbridge_last_pass_timestamp_seconds": "gauge",
         "csvbridge_last_pass_duration_seconds": "gauge",
         "csvbridge_up": "gauge",
+        "csvbridge_build_info": "gauge",  # an info metric, in the 0.0.4 text format
     }
+    # counters end in _total, durations and times are in seconds (base units)
+    for f in fams.values():
+        for s in f.samples:
+            if f.type == "counter":
+                assert s.name.endswith("_total"), s.name
     text = m.render()
-    assert 'csvbridge_last_success_timestamp_seconds{source="ftp"} 1795334065.25\n' in text
-    assert "csvbridge_last_pass_duration_seconds 1.5\n" in text
-    assert "csvbridge_up 0\n" in text  # label-less gauges always present
+    assert value(text, "csvbridge_last_success_timestamp_seconds", source="ftp") == 1795334065.25
+    assert value(text, "csvbridge_last_pass_duration_seconds") == 1.5
+    assert value(text, "csvbridge_up") == 0  # label-less gauges always present
+    assert value(text, "csvbridge_api_requests_total", endpoint="conversions/bulk", code="429") == 1
+    assert value(text, "csvbridge_api_rate_limited_total", endpoint="conversions/bulk") == 1
+    assert value(text, "csvbridge_api_request_duration_seconds_count", endpoint="conversions/bulk") == 2
+    assert value(
+        text, "csvbridge_api_request_duration_seconds_bucket", endpoint="conversions/bulk", le="0.5"
+    ) == 1
+    # process metrics: the daemon's own
+    assert fams["process_resident_memory_bytes"].samples[0].value > 0
+    assert fams["process_open_fds"].samples[0].value > 0
 
 
 def test_counters_increment_per_label_set() -> None:
@@ -83,45 +91,38 @@ def test_counters_increment_per_label_set() -> None:
     m.inc("files_processed_total", source="ftp", status="done")
     m.inc("files_processed_total", source="ftp", status="done")
     m.inc("files_processed_total", source="ftp", status="failed")
-    m.inc("conversions_rejected_total", 3, source="sftp")
+    m.inc("objects_total", 3, source="sftp", kind="products", outcome="rejected")
     m.inc("errors_total", source="sftp", kind="transient")
     text = m.render()
-    assert sample(text, 'csvbridge_files_processed_total{source="ftp",status="done"}') == 2
-    assert sample(text, 'csvbridge_files_processed_total{source="ftp",status="failed"}') == 1
-    assert sample(text, 'csvbridge_conversions_rejected_total{source="sftp"}') == 3
+    assert value(text, "csvbridge_files_processed_total", source="ftp", status="done") == 2
+    assert value(text, "csvbridge_files_processed_total", source="ftp", status="failed") == 1
+    assert (
+        value(text, "csvbridge_objects_total", source="sftp", kind="products", outcome="rejected")
+        == 3
+    )
     assert m.get("errors_total", source="sftp", kind="transient") == 1
     assert m.get("errors_total", source="sftp", kind="auth") == 0
 
 
 def test_label_values_are_escaped() -> None:
     m = Metrics()
-    m.inc("conversions_shipped_total", source='we"ird\\drop\nname')
-    text = m.render()
-    parse_exposition(text)
-    assert 'csvbridge_conversions_shipped_total{source="we\\"ird\\\\drop\\nname"} 1\n' in text
+    odd = 'we"ird\\drop\nname'
+    m.inc("errors_total", source=odd, kind="x")
+    assert value(m.render(), "csvbridge_errors_total", source=odd, kind="x") == 1
 
 
 def test_misuse_is_refused() -> None:
     m = Metrics()
     with pytest.raises(KeyError):
         m.inc("nope_total")
-    with pytest.raises(ValueError, match="labels"):
-        m.inc("conversions_shipped_total")
-    with pytest.raises(ValueError, match="labels"):
-        m.inc("conversions_shipped_total", source="a", extra="b")
-    with pytest.raises(ValueError, match="decrease"):
-        m.inc("conversions_shipped_total", -1, source="a")
+    with pytest.raises(ValueError):
+        m.inc("errors_total")  # labels missing
+    with pytest.raises(ValueError):
+        m.inc("errors_total", source="a", kind="b", extra="c")
+    with pytest.raises(ValueError):
+        m.inc("errors_total", -1, source="a", kind="b")
     with pytest.raises(ValueError, match="counter"):
-        m.set("conversions_shipped_total", 3, source="a")
-
-
-def test_namespace_and_special_values() -> None:
-    m = Metrics(namespace="")
-    m.set("last_pass_duration_seconds", float("inf"))
-    m.set("up", 1)
-    text = m.render()
-    parse_exposition(text)
-    assert "last_pass_duration_seconds +Inf\n" in text and "\nup 1\n" in text
+        m.set("errors_total", 3, source="a", kind="b")
 
 
 def test_thread_safe_increments() -> None:
@@ -129,14 +130,29 @@ def test_thread_safe_increments() -> None:
 
     def work() -> None:
         for _ in range(2000):
-            m.inc("conversions_shipped_total", source="s")
+            m.inc("errors_total", source="s", kind="k")
 
     threads = [threading.Thread(target=work) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert m.get("conversions_shipped_total", source="s") == 16000
+    assert m.get("errors_total", source="s", kind="k") == 16000
+
+
+def test_textfile_for_node_exporter_is_atomic_readable_and_without_process_metrics(
+    tmp_path: Path,
+) -> None:
+    m = Metrics()
+    m.inc("files_processed_total", source="ftp", status="done")
+    target = tmp_path / "csvbridge.prom"
+    target.write_text("old")
+    m.write_textfile(target)
+    text = target.read_text()
+    assert value(text, "csvbridge_files_processed_total", source="ftp", status="done") == 1
+    assert not any(f.name.startswith(("process_", "python_")) for f in families(text).values())
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644  # node_exporter runs as another user
+    assert [p.name for p in tmp_path.iterdir()] == ["csvbridge.prom"]  # no temporary left
 
 
 # -- HTTP server -------------------------------------------------------------------
@@ -165,9 +181,8 @@ def test_metrics_and_healthz_over_http() -> None:
 
         status, ctype, body = get(server.url + "/metrics")
         assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
-        parse_exposition(body)
-        assert sample(body, 'csvbridge_files_processed_total{source="ftp",status="done"}') == 1
-        assert sample(body, "csvbridge_up") == 1
+        assert value(body, "csvbridge_files_processed_total", source="ftp", status="done") == 1
+        assert value(body, "csvbridge_up") == 1
 
         status, ctype, body = get(server.url + "/healthz")
         assert status == 200 and ctype == "application/json"
@@ -184,7 +199,7 @@ def test_metrics_and_healthz_over_http() -> None:
             "status": "unhealthy",
             "reason": "no successful pass for 3600 s",
         }
-        assert sample(get(server.url + "/metrics")[2], "csvbridge_up") == 0
+        assert value(get(server.url + "/metrics")[2], "csvbridge_up") == 0
 
         assert get(server.url + "/nope")[0] == 404
     with pytest.raises(OSError):

@@ -7,6 +7,11 @@ wakes the loop the moment an upload completes.  A
 source that fails is retried with exponential backoff (up to 5 minutes) and reported by
 ``/healthz`` until it recovers, while the other sources go on.  SIGTERM/SIGINT finish
 the batch in flight and exit cleanly.
+
+Under systemd (``Type=notify``) it says READY=1 once set up, STATUS=… with what it is
+doing, pings WATCHDOG=1 from its main loop and from the work in progress (a file that
+takes an hour is not a hung daemon), and STOPPING=1 on shutdown.  It starts with a
+banner in the log (sources, sinks, destinations, metrics and status page URLs).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from csvbridge import progress as telemetry
 from csvbridge.config import Settings
+from csvbridge.drops.banner import log_banner
 from csvbridge.drops.ftpserver import DroppedFile, FtpDrop
 from csvbridge.drops.inboxes import ftp_drop_settings, kind_of
 from csvbridge.drops.lock import PassLock
@@ -26,6 +33,8 @@ from csvbridge.drops.runner import Runner
 from csvbridge.errors import CsvBridgeError, StopsRun
 from csvbridge.filesystems import LocalFileSystem, filesystem_for
 from csvbridge.observe import Metrics, MetricsServer
+from csvbridge.statuspage import StatusPage
+from csvbridge.systemd import Notifier
 
 log = logging.getLogger("csvbridge.drops")
 
@@ -39,8 +48,12 @@ def watch(
     stop: threading.Event | None = None,
     max_passes: int | None = None,
     install_signals: bool = True,
+    progress: bool | None = False,
+    notifier: Notifier | None = None,
 ) -> int:
-    """Run until `stop` is set (or a signal arrives); returns an exit code."""
+    """Run until `stop` is set (or a signal arrives); returns an exit code.  `progress`:
+    bars (True), log lines every ``logging.progress_seconds`` (False), or auto (None)."""
+    notifier = notifier or Notifier()
     stop = stop or threading.Event()
     wake = threading.Event()
     if install_signals:
@@ -54,31 +67,42 @@ def watch(
         signal.signal(signal.SIGINT, on_signal)
     with PassLock(settings.state.lock_file):
         metrics = Metrics()
-        runner = Runner(settings, stop=stop, metrics=metrics)
-        server = None
-        if settings.metrics.port is not None:
-            server = MetricsServer(
-                metrics,
-                settings.metrics.host,
-                settings.metrics.port,
-                health=lambda: (runner.last_error is None, {"last_error": runner.last_error}),
-            )
-            log.info("metrics on %s/metrics, health on %s/healthz", server.url, server.url)
-        local = _local_folders(settings)
-        observer = _watch_local(local, wake)
-        woken: set[str] = set()  # sources whose FTP drop received a file since the wake
-        drops: list[FtpDrop] = []
-        try:
-            drops = _start_ftp_drops(settings, wake, woken)
-            return _loop(settings, runner, local, stop, wake, max_passes, woken)
-        finally:
-            for drop in drops:
-                drop.stop()
-            if observer is not None:
-                observer.stop()
-            if server is not None:
-                server.stop()
-            runner.close()
+        serving = settings.metrics.port is not None
+        tel = telemetry.Telemetry(metrics, keep_reports=serving)
+        tel.on_activity = notifier.watchdog  # the work in progress pings too
+        tel.on_file = lambda where: notifier.status(f"processing {where}")
+        every = settings.logging.progress_seconds
+        with telemetry.showing(tty=progress, every=every, telemetry=tel):
+            runner = Runner(settings, stop=stop, metrics=metrics)
+            server = None
+            if serving:
+                server = MetricsServer(
+                    metrics,
+                    settings.metrics.host,
+                    settings.metrics.port,  # type: ignore[arg-type]
+                    health=lambda: (runner.last_error is None, {"last_error": runner.last_error}),
+                    status=StatusPage(tel),
+                )
+                log.info("metrics on %s/metrics, health on %s/healthz", server.url, server.url)
+            local = _local_folders(settings)
+            observer = _watch_local(local, wake)
+            woken: set[str] = set()  # sources whose FTP drop received a file since the wake
+            drops: list[FtpDrop] = []
+            try:
+                drops = _start_ftp_drops(settings, wake, woken)
+                log_banner(settings, server.url if server is not None else None, local)
+                notifier.ready(f"watching {len(settings.sources)} sources")
+                return _loop(settings, runner, local, stop, wake, max_passes, woken, notifier)
+            finally:
+                notifier.stopping("stopping: finishing the batch in flight")
+                for drop in drops:
+                    drop.stop()
+                if observer is not None:
+                    observer.stop()
+                if server is not None:
+                    server.stop()
+                runner.close()
+                notifier.close()
 
 
 def _loop(
@@ -89,7 +113,9 @@ def _loop(
     wake: threading.Event,
     max_passes: int | None,
     woken: set[str] | None = None,
+    notifier: Notifier | None = None,
 ) -> int:
+    notifier = notifier or Notifier({})
     next_due = {s.name: 0.0 for s in settings.sources}
     backoff = {s.name: 0.0 for s in settings.sources}
     failing: dict[str, str] = {}  # source -> its error, while it fails
@@ -99,6 +125,8 @@ def _loop(
         for source in settings.sources:
             if stop.is_set() or now < next_due[source.name]:
                 continue
+            notifier.watchdog()
+            notifier.status(f"polling {source.name}")
             try:
                 result = runner.run_source(source, settle=False)
             except StopsRun as exc:
@@ -115,11 +143,16 @@ def _loop(
                 runner.last_error = next(iter(failing.values()), None)
                 backoff[source.name] = 0.0
                 next_due[source.name] = now + source.poll_interval_seconds
+            # a file seen but not complete yet: look again when it could be
+            recheck = runner.recheck.get(source.name)
+            if recheck is not None and not result.error:
+                next_due[source.name] = min(next_due[source.name], recheck)
         passes += 1
+        notifier.status(_idle_status(settings, failing))
         if max_passes is not None and passes >= max_passes:
             break
         delay = max(0.05, min(next_due.values(), default=now + 1) - time.monotonic())
-        _idle(wake, stop, delay)
+        _idle(wake, stop, delay, notifier)
         if wake.is_set():
             wake.clear()
             uploaded = set(woken or ())
@@ -130,10 +163,26 @@ def _loop(
     return 0
 
 
-def _idle(wake: threading.Event, stop: threading.Event, seconds: float) -> None:
-    """Sleep until `wake` or `stop` is set, or `seconds` passed (an Event waits for one)."""
+def _idle_status(settings: Settings, failing: dict[str, str]) -> str:
+    """systemd's STATUS= line between passes."""
+    text = f"idle: {len(settings.sources)} sources"
+    if failing:
+        text += f", {len(failing)} failing ({', '.join(sorted(failing))})"
+    return text
+
+
+def _idle(
+    wake: threading.Event,
+    stop: threading.Event,
+    seconds: float,
+    notifier: Notifier | None = None,
+) -> None:
+    """Sleep until `wake` or `stop` is set, or `seconds` passed (an Event waits for one);
+    the watchdog is pinged meanwhile (at most every half of its interval)."""
     deadline = time.monotonic() + seconds
     while not (wake.is_set() or stop.is_set()):
+        if notifier is not None:
+            notifier.watchdog()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return

@@ -35,7 +35,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from csvbridge import progress as telemetry
 from csvbridge.config import Settings, SourceSettings
 from csvbridge.drops.filing import MARKER_SUFFIX, FileWork, marker_for, reason_of
 from csvbridge.drops.inboxes import commercehq_inbox, ftp_homes, kind_of, pull_commercehq
@@ -47,6 +49,7 @@ from csvbridge.drops.stages import Stages, name_problem
 from csvbridge.errors import StopsRun
 from csvbridge.filesystems import Connections, FileInfo, FileSystem, Skipped
 from csvbridge.observe import Metrics
+from csvbridge.progress import Telemetry
 from csvbridge.report import FileState
 
 log = logging.getLogger("csvbridge.drops")
@@ -88,6 +91,9 @@ class Runner:
         self.seen: dict[str, dict[str, tuple[int, float | None, int, float]]] = {}
         self.warned: set[tuple[str, str]] = set()  # (source, name) skipped with a warning
         self.last_error: str | None = None
+        # source -> monotonic time a file seen but not taken yet could be ready (the
+        # daemon polls again then, not a whole poll interval later)
+        self.recheck: dict[str, float] = {}
         # one session per source across polls (SFTP/FTP keep their login while healthy)
         self.connections = Connections()
 
@@ -111,13 +117,17 @@ class Runner:
             summary.sources.append(self.run_source(source, settle=settle))
         summary.seconds = time.monotonic() - started
         self.metrics.set("last_pass_duration_seconds", summary.seconds)
-        log.info(summary.describe())
+        self.metrics.set("last_pass_timestamp_seconds", self.clock())
+        fields = {**summary.totals(), "seconds": round(summary.seconds, 3)}
+        log.info(summary.describe(), extra={**fields, "exit_code": summary.exit_code})
         return summary
 
     def run_source(self, source: SourceSettings, *, settle: bool = True) -> SourceResult:
         """Everything a pass does for one source.  Any error of the source ends up in
         ``result.error`` with its reason (never a traceback); `StopsRun` errors go up."""
         result = SourceResult(source.name)
+        self.recheck.pop(source.name, None)
+        telemetry.current().source(source.name, "polling", kind=kind_of(source))
         try:
             for drop in self._drops_of(source, result):
                 if self.stop.is_set() or result.unfinished:
@@ -134,6 +144,8 @@ class Runner:
         else:
             if not (result.unfinished or result.error):
                 self.metrics.set("last_success_timestamp_seconds", self.clock(), source=source.name)
+        state = "failing" if result.error else "idle"
+        telemetry.current().source(source.name, state, result.error)
         return result
 
     def _drops_of(self, source: SourceSettings, result: SourceResult) -> list[SourceSettings]:
@@ -170,14 +182,18 @@ class Runner:
                 self.progress,
                 replica=self.replica,
             )
-            for info in self._resumable(fs, source, stages, result):
+            resumable = self._resumable(fs, source, stages, result)
+            self.metrics.set("files", len(resumable), source=source.name, stage="processing")
+            for info in resumable:
                 if self.stop.is_set() or result.unfinished:
                     break
                 self._handle(work, result, info, claimed=True)
             # a file not completely shipped is resumed first next time; newer files
             # wait for it, or their updates would be overwritten by its older data
             if not result.unfinished:
-                for info in self._ready(fs, source, result, settle):
+                ready = self._ready(fs, source, result, settle)
+                self.metrics.set("files", len(ready), source=source.name, stage="ready")
+                for info in ready:
                     if self.stop.is_set() or result.unfinished:
                         break
                     self._handle(work, result, info, claimed=False)
@@ -189,7 +205,9 @@ class Runner:
         self.metrics.inc("errors_total", source=source.name, kind=type(exc).__name__)
         result.error = reason
         self.last_error = f"{source.name}: {reason}"
-        log.error("source %s: %s", source.name, reason)
+        log.error(
+            "source %s: %s", source.name, reason, extra={"source": source.name, "error": reason}
+        )
         with contextlib.suppress(Exception):  # for `csvbridge status`; best effort
             self.ledger.note_error(source.name, reason)
         log.debug("source %s failed", source.name, exc_info=exc)
@@ -197,18 +215,48 @@ class Runner:
     def _handle(
         self, work: FileWork, result: SourceResult, info: FileInfo, *, claimed: bool
     ) -> None:
+        tel = telemetry.current()
+        tel.file_started(work.source.name, info.name, info.size)
         outcome = work.run(info, claimed=claimed)
         result.files.append(outcome)
-        self._log_file(outcome)
+        report = None
+        if tel.keep_reports and outcome.report:  # for the status page's link
+            try:
+                report = work.fs.read_bytes(outcome.report)
+            except Exception as exc:  # only a link lost: the file is filed
+                log.debug("could not read back %s: %s", outcome.report, reason_of(exc))
+        self._log_file(outcome, work.source.kind, report)
 
-    def _log_file(self, f: FileOutcome) -> None:
+    def _log_file(self, f: FileOutcome, kind: str = "", report: bytes | None = None) -> None:
+        kind = kind or self._kind_of(f.source)
         if f.state is not FileState.SKIPPED:
             status = "done" if f.state is FileState.DUPLICATE else f.state.value
             self.metrics.inc("files_processed_total", source=f.source, status=status)
-            self.metrics.inc("conversions_shipped_total", f.shipped_now, source=f.source)
-            self.metrics.inc("conversions_rejected_total", f.rejected, source=f.source)
+            for outcome, n in (
+                ("shipped", f.shipped_now),
+                ("rejected", f.rejected),
+                ("not_shipped", f.not_shipped),
+            ):
+                self.metrics.inc("objects_total", n, source=f.source, kind=kind, outcome=outcome)
+            telemetry.current().file_finished(
+                source=f.source, file=f.file, state=f.state.value, rows=f.rows,
+                shipped=f.shipped, rejected=f.rejected, reason=f.reason, report=report,
+            )  # fmt: skip
         level = logging.WARNING if f.state is FileState.PROCESSING else logging.INFO
-        log.log(level, "%s", f.describe())
+        fields = {
+            "source": f.source,
+            "file": f.file,
+            "status": f.state.value,
+            "rows": f.rows,
+            "shipped": f.shipped_now,
+            "rejected": f.rejected,
+            "not_shipped": f.not_shipped,
+        }
+        log.log(level, "%s", f.describe(), extra=fields)
+
+    def _kind_of(self, name: str) -> str:
+        kinds = {s.name: s.kind for s in self.settings.sources}
+        return kinds.get(name, kinds.get(name.split("/", 1)[0], "conversions"))
 
     # ------------------------------------------------------------------ listing
 
@@ -311,9 +359,28 @@ class Runner:
             why = self._not_yet(f, source, stable, names, memory, now)
             if why:
                 log.debug("%s: %r not taken yet: %s", source.name, f.name, why)
+                if not settle:
+                    self._recheck_at(source, f, memory.get(f.name), now)
                 continue
             ready.append(f)
         return sorted(ready, key=lambda f: (f.mtime or 0, f.name))
+
+    def _recheck_at(
+        self,
+        source: SourceSettings,
+        f: FileInfo,
+        seen: tuple[int, float | None, int, float] | None,
+        now: float,
+    ) -> None:
+        """Note when `f` could be taken: its next stability poll is due and it is old
+        enough (a file waiting for its done marker is woken by the marker's event)."""
+        mono = at = time.monotonic()
+        if seen is not None and seen[2] < source.stable_polls:
+            at = max(at, seen[3] + min(SETTLE_SECONDS, source.poll_interval_seconds))
+        if f.mtime is not None:
+            at = max(at, mono + source.min_age_seconds - (now - f.mtime))
+        if at > mono:  # else it waits for something no clock brings (its marker)
+            self.recheck[source.name] = min(self.recheck.get(source.name, at), at)
 
     @staticmethod
     def _not_yet(
@@ -341,12 +408,27 @@ class Runner:
 
 
 def run_once(settings: Settings, *, progress: bool | None = False) -> PassSummary:
-    """``csvbridge run``: one locked pass over every source (for cron)."""
+    """``csvbridge run``: one locked pass over every source (for cron).  Progress is shown
+    as it goes (`progress`: bars, else log lines); with ``metrics.textfile`` the pass's
+    metrics are written there for node_exporter at the end."""
     with PassLock(settings.state.lock_file):
-        runner = Runner(settings, progress=progress)
-        try:
-            return runner.run_pass(settle=True)
-        except StopsRun as exc:  # 401/403, a wrong URL or mapping: a configuration fix
-            return PassSummary(fatal=str(exc))
-        finally:
-            runner.close()
+        metrics = Metrics(process=False)
+        every = settings.logging.progress_seconds
+        with telemetry.showing(tty=progress, every=every, telemetry=Telemetry(metrics)):
+            runner = Runner(settings, progress=progress, metrics=metrics)
+            try:
+                return runner.run_pass(settle=True)
+            except StopsRun as exc:  # 401/403, a wrong URL or mapping: a configuration fix
+                return PassSummary(fatal=str(exc))
+            finally:
+                runner.close()
+                if settings.metrics.textfile is not None:
+                    _write_textfile(metrics, settings.metrics.textfile)
+
+
+def _write_textfile(metrics: Metrics, path: Path) -> None:
+    """The pass is done whether or not its metrics can be written: a failure is logged."""
+    try:
+        metrics.write_textfile(path)
+    except OSError as exc:
+        log.warning("cannot write the metrics textfile %s: %s", path, reason_of(exc))

@@ -33,6 +33,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+from csvbridge import progress
 from csvbridge.config import ConvertSettings
 from csvbridge.errors import CsvBridgeError, InputError
 from csvbridge.fold import regroup
@@ -200,9 +201,12 @@ class Engine:
         return self.work.open_source(self.report.file)
 
     def _chunks(self, chunk_bytes: int, buckets: int = 0) -> Iterator[ChunkTask]:
+        tel, rep, size = progress.current(), self.report, self.path.stat().st_size
         with self._open() as csvf:
             by_place = self.pool is not None and csvf.path is not None
             for data, line in csvf.chunks(chunk_bytes):
+                # once per chunk (megabytes): the progress display reads this
+                tel.converting(rep.file, csvf.chunk_offset + len(data), size, rep.rows_read)
                 if by_place:
                     span = Span(csvf.path, csvf.chunk_offset, len(data))  # type: ignore[arg-type]
                     yield ChunkTask(span, line, buckets)
@@ -418,7 +422,9 @@ def convert(
         workers=settings.workers or os.cpu_count() or 1,
         chunk_bytes=chunk_bytes,
     )
-    engine.run()
+    with progress.showing():  # bars on a terminal, log lines else (or the open session's)
+        engine.run()
+        progress.current().converting(label, path.stat().st_size, None, report.rows_read)
     skipped = engine.products.skipped if engine.products is not None else 0
     if skipped:
         report.problems.add(

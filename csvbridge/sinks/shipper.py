@@ -24,7 +24,6 @@ import contextlib
 import itertools
 import logging
 import random
-import sys
 import threading
 import time
 from collections import Counter
@@ -34,13 +33,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from csvbridge import progress as telemetry
 from csvbridge.config import ApiSettings, Kind
 from csvbridge.errors import ApiTransientError, AuthError, ConfigError, CsvBridgeError
 from csvbridge.fold.assemble import Record
 from csvbridge.schema.models import Conversion, Product
 from csvbridge.sinks.client import ApiClient, endpoint, resolve_kind
 from csvbridge.sinks.pacer import Pacer, choose_batch_size, workers_for
-from csvbridge.sinks.progress import Progress
 from csvbridge.sinks.results import BatchOutcome, ShipResult
 
 log = logging.getLogger("csvbridge.api")
@@ -89,11 +88,14 @@ class _Shipment:
                 with self._lock:
                     self.retries += 1
             started = time.monotonic()
+            tel, where = telemetry.current(), f"{self.kind}/bulk"
             try:
                 answer = self.client.post(self.kind, batch)
             except ApiTransientError as exc:
                 self.pacer.release(answered=False)
                 self._count(exc.status or exc.code)
+                code = exc.status or exc.code or "ERROR"
+                tel.request(where, code, time.monotonic() - started, retry=attempt > 1)
                 if exc.status == 429 or exc.retry_after is not None:
                     self.pacer.throttle(exc.retry_after, slow_down=exc.status == 429)
                 if attempt == attempts:
@@ -109,6 +111,7 @@ class _Shipment:
                     attempt,
                     attempts - 1,
                     delay,
+                    extra={"batch": batch_no, "status": code, "attempt": attempt},
                 )
                 if self.halted.wait(delay):
                     break
@@ -118,9 +121,11 @@ class _Shipment:
                 status = getattr(exc, "status", None)
                 if status is not None:  # else nothing went out (a bad URL, a bug)
                     self._count(status)
+                    tel.request(where, status, time.monotonic() - started, retry=attempt > 1)
                 raise
             self.pacer.release(answered=True)
             self._count(answer.status)
+            tel.request(where, answer.status, time.monotonic() - started, retry=attempt > 1)
             log.debug(
                 "batch %d: HTTP %d, %d accepted, %d rejected in %.2f s",
                 batch_no,
@@ -128,6 +133,12 @@ class _Shipment:
                 len(answer.accepted),
                 len(answer.rejected),
                 time.monotonic() - started,
+                extra={
+                    "batch": batch_no,
+                    "status": answer.status,
+                    "accepted": len(answer.accepted),
+                    "rejected": len(answer.rejected),
+                },
             )
             return BatchOutcome(batch_no, answer.accepted, answer.rejected)
         return BatchOutcome(batch_no, not_shipped=batch, error=self.reason or "stopped")
@@ -234,7 +245,9 @@ def ship(
     shipment = _Shipment(client, settings, kind, Pacer(settings.limits, workers, size))
     if total is None and isinstance(records, Sized):
         total = len(records)
-    meter = Progress(total, tty=sys.stderr.isatty() if progress is None else progress)
+    session = telemetry.showing(tty=progress)  # bars or log lines, unless already shown
+    meter = session.__enter__()
+    meter.shipping(total)
     fatal: BaseException | None = None
     pending: dict[Future[BatchOutcome], list[Record]] = {}
     log.info(
@@ -268,7 +281,8 @@ def ship(
                     on_batch(outcome)
             elif not shipment.halted.is_set():  # gave up: the API is not taking anything
                 shipment.halt(f"batch {outcome.batch_no} {outcome.error}")
-            meter.update(result.accepted + len(result.rejected) + result.skipped)
+        # every poll, answers or not: ETA gauges stay fresh, the daemon's watchdog is fed
+        meter.shipped(result.accepted + len(result.rejected) + result.skipped)
 
     started = time.monotonic()
     try:
@@ -293,7 +307,7 @@ def ship(
         if shipment.halted.is_set():
             result.not_shipped.extend(fresh)  # accounted for, never sent
     finally:
-        meter.close()
+        session.__exit__(None, None, None)
         if own_client:
             client.close()
     result.requests, result.retries = shipment.requests, shipment.retries
