@@ -39,7 +39,7 @@ from csvbridge.errors import ApiTransientError, AuthError, ConfigError, CsvBridg
 from csvbridge.fold.assemble import Record
 from csvbridge.schema.models import Conversion, Product
 from csvbridge.sinks.client import ApiClient, endpoint, resolve_kind
-from csvbridge.sinks.pacer import Pacer, choose_batch_size, workers_for
+from csvbridge.sinks.pacer import Grant, Pacer, choose_batch_size, shared_pacer, workers_for
 from csvbridge.sinks.progress import Progress
 from csvbridge.sinks.results import BatchOutcome, ShipResult
 
@@ -66,7 +66,7 @@ class _Shipment:
             if self.reason is None:
                 self.reason = reason
         self.halted.set()
-        self.pacer.close()
+        self.pacer.wake()  # the pacer is the account's: only this shipment's workers stop
 
     def _count(self, key: int | str | None) -> None:
         with self._lock:
@@ -83,7 +83,8 @@ class _Shipment:
         """Worker: send one batch until the API answers it, retrying transient failures."""
         attempts = self.settings.max_attempts
         for attempt in range(1, attempts + 1):
-            if not self.pacer.acquire(len(batch)):
+            grant: Grant | None = self.pacer.acquire(len(batch), self.halted)
+            if grant is None:
                 break
             if attempt > 1:
                 with self._lock:
@@ -119,7 +120,7 @@ class _Shipment:
                 if status is not None:  # else nothing went out (a bad URL, a bug)
                     self._count(status)
                 raise
-            self.pacer.release(answered=True)
+            self.pacer.release(answered=True, grant=grant)
             self._count(answer.status)
             log.debug(
                 "batch %d: HTTP %d, %d accepted, %d rejected in %.2f s",
@@ -195,6 +196,7 @@ def ship(
     stop: threading.Event | None = None,
     total: int | None = None,
     client: ApiClient | None = None,
+    pacer: Pacer | None = None,
 ) -> ShipResult:
     """Send `records` to the bulk API as fast as the documented limits allow.
 
@@ -209,6 +211,9 @@ def ship(
     The endpoint follows what is sent: products (``products_from_conversions``, or records
     that are products whatever `kind` says) always go to ``/products/bulk``; see
     `records_kind`.  ``result.endpoint`` says where the records went.
+
+    ``pacer`` (default: the account's, `shared_pacer`) is shared by every shipment to
+    the same base URL with the same token running at the same time in this process.
     """
     kind = resolve_kind(kind, products_from_conversions=products_from_conversions)
     unusable: CsvBridgeError | None = None
@@ -231,7 +236,10 @@ def ship(
     own_client = client is None
     client = client or ApiClient(settings)
     size, workers = choose_batch_size(settings), workers_for(settings)
-    shipment = _Shipment(client, settings, kind, Pacer(settings.limits, workers, size))
+    # the account's pacer (shared with its other shipments running) unless one is given
+    account = contextlib.ExitStack()
+    pacer = pacer or account.enter_context(shared_pacer(settings))
+    shipment = _Shipment(client, settings, kind, pacer)
     if total is None and isinstance(records, Sized):
         total = len(records)
     meter = Progress(total, tty=sys.stderr.isatty() if progress is None else progress)
@@ -294,6 +302,7 @@ def ship(
             result.not_shipped.extend(fresh)  # accounted for, never sent
     finally:
         meter.close()
+        account.close()
         if own_client:
             client.close()
     result.requests, result.retries = shipment.requests, shipment.retries
