@@ -113,6 +113,14 @@ class Pacer:
         batch_seconds = self._batch_objects / (self._objects_per_second * self.factor)
         return max(1, min(self.max_in_flight, math.ceil(self.lead / batch_seconds) + 1))
 
+    def batch_size(self, largest: int) -> int:
+        """Objects to put in the next batch: `largest` less what the server processes
+        during the lead, so that on average the objects in flight (the batch being
+        processed, plus the next one during the lead) are one `largest` batch: what a
+        ``kill -9`` re-sends.  Batches too small for that to matter are left whole."""
+        lead_objects = math.ceil(self.lead * self._objects_per_second * self.factor)
+        return largest if 2 * lead_objects > largest else largest - lead_objects
+
     @property
     def max_in_flight(self) -> int:
         return max(1, int(self._max_in_flight * self.factor))

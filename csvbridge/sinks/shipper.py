@@ -173,13 +173,15 @@ def _fresh(
             yield record
 
 
-def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
+def _chunks(records: Iterator[Record], size: Callable[[], int]) -> Iterator[list[Record]]:
+    """Batches of ``size()`` records, asked again for each batch (the pacer's measure)."""
     batch: list[Record] = []
+    want = size()
     for record in records:
         batch.append(record)
-        if len(batch) == size:
+        if len(batch) >= want:
             yield batch
-            batch = []
+            batch, want = [], size()
     if batch:
         yield batch
 
@@ -282,7 +284,8 @@ def ship(
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="csvbridge-ship") as pool:
             try:
-                for batch_no, batch in enumerate(_chunks(fresh, size), start=1):
+                batches = _chunks(fresh, lambda: pacer.batch_size(size))
+                for batch_no, batch in enumerate(batches, start=1):
                     settle(block=False)
                     while len(pending) > workers:
                         settle(block=True)
