@@ -42,8 +42,10 @@ RETRY_AFTER_CAP = 300.0  # a Retry-After beyond this is not taken literally
 FIRST_LEAD = 0.05
 MIN_LEAD = 0.004
 MAX_LEAD = 1.0
-LEAD_MARGIN = 2.0
+LEAD_MARGIN = 1.5
 LEAD_SMOOTHING = 0.2  # weight of a new sample in the moving average
+EXPOSURE_MARGIN = 2  # batches are cut this many exposures under the largest (batch_size)
+SMALL_BATCH = 30  # batches configured smaller are never cut: they re-send little anyway
 
 
 @dataclass(slots=True, eq=False)
@@ -96,6 +98,7 @@ class Pacer:
         self._served: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
         self._seq = itertools.count()
         self._lateness: float | None = None  # smoothed seconds an answer came after due
+        self._recording = 0.0  # smoothed seconds from an answer to it being recorded
         self.factor = 1.0
 
     # -- the window -------------------------------------------------------------------
@@ -114,12 +117,24 @@ class Pacer:
         return max(1, min(self.max_in_flight, math.ceil(self.lead / batch_seconds) + 1))
 
     def batch_size(self, largest: int) -> int:
-        """Objects to put in the next batch: `largest` less what the server processes
-        during the lead, so that on average the objects in flight (the batch being
-        processed, plus the next one during the lead) are one `largest` batch: what a
-        ``kill -9`` re-sends.  Batches too small for that to matter are left whole."""
-        lead_objects = math.ceil(self.lead * self._objects_per_second * self.factor)
-        return largest if 2 * lead_objects > largest else largest - lead_objects
+        """Objects to put in the next batch: `largest` less (twice) what the server
+        processes during the lead and while an answer is being recorded, so that on
+        average the objects not yet recorded (the batch being processed, plus the next
+        one during those moments) stay under one `largest` batch: what a ``kill -9``
+        re-sends.  Never under half of `largest` (the request rate must not be what
+        limits).  Batches under SMALL_BATCH are kept whole: they re-send little anyway."""
+        exposed = self.lead + self._recording  # answered but not yet recorded counts too
+        lead_objects = math.ceil(exposed * self._objects_per_second * self.factor)
+        # twice: the average then stays one exposure's worth under `largest`, a margin
+        # for how much one kill differs from another (one batch or two)
+        cut = max(largest // 2, largest - EXPOSURE_MARGIN * lead_objects)
+        return largest if largest < SMALL_BATCH else cut
+
+    def recorded(self, seconds: float) -> None:
+        """An answer took `seconds` to be recorded by the caller (its ledger): until then
+        a kill re-sends it as if it were still in flight."""
+        with self._cond:
+            self._recording += LEAD_SMOOTHING * (max(0.0, seconds) - self._recording)
 
     @property
     def max_in_flight(self) -> int:

@@ -59,6 +59,7 @@ class _Shipment:
         self.status_counts: Counter[int | str] = Counter()
         self._lock = threading.Lock()
         self._random = random.Random()
+        self.answered_at: dict[int, float] = {}  # batch -> when its answer came
 
     def halt(self, reason: str) -> None:
         """Send nothing new: requests in flight finish, waiting batches come back unsent."""
@@ -121,6 +122,7 @@ class _Shipment:
                     self._count(status)
                 raise
             self.pacer.release(answered=True, grant=grant)
+            self.answered_at[batch_no] = time.monotonic()
             self._count(answer.status)
             log.debug(
                 "batch %d: HTTP %d, %d accepted, %d rejected in %.2f s",
@@ -276,6 +278,9 @@ def ship(
             if outcome.answered:
                 if on_batch is not None:
                     on_batch(outcome)
+                answered = shipment.answered_at.pop(outcome.batch_no, None)
+                if answered is not None:  # how long a kill would still re-send it
+                    pacer.recorded(time.monotonic() - answered)
             elif not shipment.halted.is_set():  # gave up: the API is not taking anything
                 shipment.halt(f"batch {outcome.batch_no} {outcome.error}")
             meter.update(result.accepted + len(result.rejected) + result.skipped)

@@ -86,6 +86,11 @@ class SiteStats:
     max_concurrent: int = 0  # most requests of its account processed at once
     first_accepted_at: float | None = None  # time.monotonic() of the first acceptance
     last_accepted_at: float | None = None
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (when, accepted)
+
+    def accepted_between(self, start: float, end: float) -> int:
+        """Objects accepted by requests answered in ``(start, end]``."""
+        return sum(n for t, n in self.timeline if start < t <= end)
 
     @property
     def resent(self) -> set[str]:
@@ -333,6 +338,7 @@ class Emulator:
                 now = time.monotonic()
                 mine.first_accepted_at = mine.first_accepted_at or now
                 mine.last_accepted_at = now
+                mine.timeline.append((now, len(valid)))
             mine.accepted += len(valid)
             self._stats.accepted[kind] += len(valid)
             self._stats.rejected[kind] += rejected
