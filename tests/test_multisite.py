@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -323,3 +324,117 @@ def test_kill_9_mid_file_resends_at_most_one_batch_on_average(
     # with a whole batch booked ahead, re-sent about two batches per kill.)
     assert max(resent_per_kill) <= 2 * 90, resent_per_kill
     assert sum(resent_per_kill) / len(resent_per_kill) <= 1.25 * 90, resent_per_kill
+
+
+# --------------------------------------------------------------------------- emulator
+
+
+def _post(emu: Emulator, site: str, token: str, n: int = 1, first: int = 0) -> Any:
+    import orjson
+    import requests
+
+    from csvbridge.testing.sample_objects import sample_conversion
+
+    body = b"\n".join(orjson.dumps(sample_conversion(first + i)) for i in range(n))
+    return requests.post(
+        f"{emu.url}/v2/{site}/conversions/bulk",
+        data=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-ndjson"},
+        timeout=10,
+    )
+
+
+def test_the_emulator_serves_several_sites_each_token_with_its_own_limits(
+    sites_emulator: Callable[..., Emulator],
+) -> None:
+    # token-a: 2 requests/s for its two sites together; token-b: 3 requests/s
+    emu = sites_emulator(
+        "101:token-a:30:0.2", "102:token-a", "202:token-b:30:0.3", speed=10
+    )
+    assert [s.site_id for s in emu.sites] == ["101", "102", "202"]
+    assert emu.token_of("102") == "token-a"  # a token named again keeps its limits
+    assert _post(emu, "202", "token-a").status_code == 403  # not token-a's site
+    assert _post(emu, "101", "token-c").status_code == 401  # no such account
+    a = [_post(emu, site, "token-a", first=k).status_code for k, site in
+         enumerate(["101", "102", "101"])]  # fmt: skip
+    b = [_post(emu, "202", "token-b", first=100 + k).status_code for k in range(4)]
+    assert a == [202, 202, 429]  # the account's 2 per second, over both its sites
+    assert b == [202, 202, 202, 429]  # another account: its own window
+    stats = emu.stats  # counted per site, whatever refused the request
+    assert stats.sites["101"].status_counts == {401: 1, 202: 1, 429: 1}
+    assert stats.sites["202"].status_counts == {403: 1, 202: 3, 429: 1}
+    assert len(emu.stores["102"]["conversions"]) == 1  # each site its own store
+    assert len(emu.stores["202"]["conversions"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1234", SiteSpec("1234", "emulator-token")),
+        ("1234:tok", SiteSpec("1234", "tok")),
+        (
+            "5678:tok-b:60:20:5",
+            SiteSpec(
+                "5678",
+                "tok-b",
+                RateLimits(objects_per_second=60, requests_per_second=20, concurrent_connections=5),
+            ),
+        ),
+    ],
+)
+def test_site_option_parses(text: str, expected: SiteSpec) -> None:
+    assert SiteSpec.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", ":tok", "1234::", "1234:tok:fast", "1:2:3:4:5:6"])
+def test_a_bad_site_option_is_a_config_error(text: str) -> None:
+    from csvbridge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--site"):
+        SiteSpec.parse(text)
+
+
+def test_cli_emulator_with_several_sites_never_echoes_their_tokens() -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import requests
+
+    with socket.socket() as probe:  # a free port (the CLI refuses 0)
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    args = ["--port", port, "--speed", "10", "--site", "1234:secret-a-77", "--site",
+            "5678:secret-b-88:60"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "csvbridge", "emulator", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []  # every line it prints when ready (communicate() skips what was buffered)
+        while not lines or "account 2" not in lines[-1]:
+            lines.append(proc.stdout.readline())
+            assert lines[-1] and len(lines) < 10, lines
+        listening = next(x for x in lines if "emulator listening on" in x)
+        url = listening.split(" on ", 1)[1].split()[0]
+        ok = requests.post(
+            f"{url}/v2/5678/conversions/bulk",
+            data=b"",
+            headers={"Authorization": "Bearer secret-b-88"},
+            timeout=10,
+        )
+        assert ok.status_code == 202
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(lines) + out
+    assert "account 2: sites 5678, 60 objects/s" in text
+    assert "secret-a-77" not in text and "secret-b-88" not in text
