@@ -239,7 +239,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     from csvbridge.testing.tracking import TrackingStandIn
 
     # the other two APIs csvbridge talks to, on free ports beside the bulk API emulator
-    tracking = TrackingStandIn(args.host, 0, site_id=args.site).start()
+    sites = args.site or ["1234"]  # SITE or SITE:TOKEN[:LIMITS], one per --site
+    tracking = TrackingStandIn(args.host, 0, site_id=sites[0].split(":")[0]).start()
     shop = CommerceHQStandIn(args.host, 0, orders=args.orders).start()
     print(
         f"tracking API stand-in on {tracking.url} (events: CSVBRIDGE_EVENTS_URL={tracking.url} "
@@ -256,7 +257,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             token=args.token,
-            site_id=args.site,
+            site_id=sites[0].split(":")[0],
+            sites=sites if any(":" in x for x in sites) or len(sites) > 1 else None,
             speed=args.speed,
             fail_rate=args.fail_rate,
             drop_rate=args.drop_rate,
@@ -468,7 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=_port, default=8080, help="bulk API port")
     p.add_argument("--token", default="emulator-token", help="the Bearer token it accepts")
-    p.add_argument("--site", default="1234", help="the site id it accepts")
+    p.add_argument(
+        "--site",
+        action="append",
+        metavar="SITE[:TOKEN[:OBJ/S[:REQ/S[:CONN]]]]",
+        help="a site (default 1234) and its token (default --token) and limits; "
+        "repeat for several sites and tokens",
+    )
     p.add_argument("--speed", type=float, default=1.0, help="multiply the rate limits")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of 500 answers")
     p.add_argument("--drop-rate", type=float, default=0.0, help="share of dropped connections")

@@ -231,6 +231,10 @@ class SourceSettings(Credentials):
     overlap_seconds: int = Field(300, ge=0)
     # the embedded FTP drop (url: ftpserver://0.0.0.0:2121/): users, TLS, homes...
     ftpserver: FtpDropSettings | None = None
+    # this source's own destination (another site or token) and feed target: any key
+    # left out is the top-level one's (merged when the settings are validated)
+    api: ApiSettings | None = None
+    feed: FeedSettings | None = None
 
     _strip_api_secrets = field_validator("api_key", "api_password", mode="before")(_strip_secret)
 
@@ -311,6 +315,8 @@ class MetricsSettings(_Section):
 
 class Settings(_Section):
     sinks: list[SinkName] = ["api"]  # for `csvbridge send`; each source has its own
+    # sources handled at once (each keeps its own files in order, oldest first)
+    parallel_sources: int = Field(4, ge=1, le=64)
     api: ApiSettings = ApiSettings()
     convert: ConvertSettings = ConvertSettings()
     feed: FeedSettings = FeedSettings()
@@ -319,6 +325,47 @@ class Settings(_Section):
     state: StateSettings = Field(default_factory=StateSettings)  # computed per load
     logging: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _merge_destinations(self) -> Settings:
+        """A source's ``api:`` / ``feed:`` section holds only what differs: every key it
+        leaves out is taken from the top-level section (limits key by key)."""
+        for src in self.sources:
+            if src.api is not None:
+                src.api = ApiSettings.model_validate(_merged(self.api, src.api))
+            if src.feed is not None:
+                src.feed = FeedSettings.model_validate(_merged(self.feed, src.feed))
+        return self
+
+    def api_for(self, source: SourceSettings) -> ApiSettings:
+        """Where `source` ships: its own ``api:`` section (merged), else the top-level one."""
+        return source.api or self.api
+
+    def feed_for(self, source: SourceSettings) -> FeedSettings:
+        return source.feed or self.feed
+
+    def for_source(self, source: SourceSettings) -> Settings:
+        """These settings as seen by `source`: its destination, feed target and convert."""
+        return self.model_copy(
+            update={
+                "api": self.api_for(source),
+                "feed": self.feed_for(source),
+                "convert": source.convert,
+            }
+        )
+
+
+def _merged(base: BaseModel, override: BaseModel) -> dict[str, Any]:
+    """`base`'s values with those `override` was given explicitly on top (nested
+    sections key by key), for validating as one section again."""
+    out = dict(base)
+    for name in override.model_fields_set:
+        mine, theirs = getattr(override, name), getattr(base, name)
+        if isinstance(mine, BaseModel) and isinstance(theirs, BaseModel):
+            out[name] = type(theirs).model_validate(_merged(theirs, mine))
+        else:
+            out[name] = mine
+    return out
 
 
 ENV_OVERRIDES = {  # the short historical names; CSVBRIDGE_API__TOKEN etc. also work
@@ -460,6 +507,10 @@ def register_secrets(settings: Settings) -> None:
     values.append(settings.state.ledger_password)
     for src in settings.sources:
         values += [src.password, src.private_key_passphrase, src.api_key, src.api_password]
+        if src.api is not None:
+            values.append(src.api.token)
+        if src.feed is not None:
+            values += [src.feed.password, src.feed.private_key_passphrase]
     for value in values:
         if value is not None:
             register_secret(value.get_secret_value())

@@ -339,6 +339,11 @@ def resolve_paths(settings: Any, base_of: Callable[[str], Path]) -> Any:
         src.private_key = fix(src.private_key, at + "private_key")
         src.known_hosts = fix(src.known_hosts, at + "known_hosts")
         src.ca_file = fix(src.ca_file, at + "ca_file")
+        if src.feed is not None:  # the source's own feed target (multi-site)
+            src.feed.target = _local_url(src.feed.target, base_of(at + "feed.target"))
+            src.feed.private_key = fix(src.feed.private_key, at + "feed.private_key")
+            src.feed.known_hosts = fix(src.feed.known_hosts, at + "feed.known_hosts")
+            src.feed.ca_file = fix(src.feed.ca_file, at + "feed.ca_file")
         if src.ftpserver is not None:
             drop, at = src.ftpserver, at + "ftpserver."
             drop.root = fix(drop.root, at + "root")  # type: ignore[assignment]

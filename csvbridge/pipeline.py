@@ -31,6 +31,7 @@ from csvbridge.errors import (
 from csvbridge.files import move_into_place, open_private, write_bytes
 from csvbridge.fold.assemble import Record
 from csvbridge.fold.engine import Converted, convert, read_records, write_rejects
+from csvbridge.fold.slots import convert_slot
 from csvbridge.progress import showing
 from csvbridge.report import EventCounts, FileState, Problem, Report
 
@@ -133,14 +134,16 @@ def process_file(
     """
     sinks = sinks or ["api"]
     try:
-        done = convert(
-            path,
-            work,
-            kind=kind,
-            settings=convert_settings or settings.convert,
-            name=name or path.name,
-            products_from_conversions=products_from_conversions,
-        )
+        # sources in parallel: conversions share the machine's cores (fold/slots.py)
+        with convert_slot(path, convert_settings or settings.convert):
+            done = convert(
+                path,
+                work,
+                kind=kind,
+                settings=convert_settings or settings.convert,
+                name=name or path.name,
+                products_from_conversions=products_from_conversions,
+            )
     except InputError as exc:
         report = Report(file=name or path.name, kind=kind, fatal=exc.message)
         return Outcome(report, FileState.FAILED)

@@ -2,7 +2,8 @@
 
 Local folders are watched with watchdog (a new file wakes the loop at once; polling
 remains the fallback); FTP/SFTP drops and API sources (Commerce HQ) are polled every
-``poll_interval_seconds``; the embedded FTP drop (``ftpserver://``) is started here and
+``poll_interval_seconds``; sources run at once, ``parallel_sources`` at a time, each
+started again when due once its previous run ended; the embedded FTP drop (``ftpserver://``) is started here and
 wakes the loop the moment an upload completes.  A
 source that fails is retried with exponential backoff (up to 5 minutes) and reported by
 ``/healthz`` until it recovers, while the other sources go on.  SIGTERM/SIGINT finish
@@ -29,6 +30,7 @@ from csvbridge.drops.banner import log_banner
 from csvbridge.drops.ftpserver import DroppedFile, FtpDrop
 from csvbridge.drops.inboxes import ftp_drop_settings, kind_of
 from csvbridge.drops.lock import PassLock
+from csvbridge.drops.parallel import SourcePool
 from csvbridge.drops.runner import Runner
 from csvbridge.errors import CsvBridgeError, StopsRun
 from csvbridge.filesystems import LocalFileSystem, filesystem_for
@@ -115,52 +117,86 @@ def _loop(
     woken: set[str] | None = None,
     notifier: Notifier | None = None,
 ) -> int:
+    """Start each source when it is due and not still running, ``parallel_sources`` at a
+    time (`SourcePool`): a source shipping a multi-hour file keeps its slot, the others
+    go on polling and shipping beside it.  `max_passes`: rounds that start sources,
+    then the runs in progress are waited for."""
     notifier = notifier or Notifier({})
     next_due = {s.name: 0.0 for s in settings.sources}
     backoff = {s.name: 0.0 for s in settings.sources}
     failing: dict[str, str] = {}  # source -> its error, while it fails
+    ended = threading.Event()  # a run finished (apart from `wake`: files arrived)
+    pool = SourcePool(
+        lambda source: runner.run_source(source, settle=False),
+        settings.parallel_sources,
+        ended.set,
+    )
+    rewoken: set[str] = set()  # sources woken while running: due again when they end
     passes = 0
-    while not stop.is_set():
-        now = time.monotonic()
-        for source in settings.sources:
-            if stop.is_set() or now < next_due[source.name]:
-                continue
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
             notifier.watchdog()
-            notifier.status(f"polling {source.name}")
-            try:
-                result = runner.run_source(source, settle=False)
-            except StopsRun as exc:
-                log.error("%s: stopping", exc)
-                return 2
-            if result.error:
-                failing[source.name] = f"{source.name}: {result.error}"
-                runner.last_error = failing[source.name]
-                backoff[source.name] = min(MAX_BACKOFF_SECONDS, max(1.0, backoff[source.name] * 2))
-                next_due[source.name] = now + backoff[source.name]
-            else:
-                # healthy again only when no other source is still failing
-                failing.pop(source.name, None)
-                runner.last_error = next(iter(failing.values()), None)
-                backoff[source.name] = 0.0
-                next_due[source.name] = now + source.poll_interval_seconds
-            # a file seen but not complete yet: look again when it could be
-            recheck = runner.recheck.get(source.name)
-            if recheck is not None and not result.error:
-                next_due[source.name] = min(next_due[source.name], recheck)
-        passes += 1
-        notifier.status(_idle_status(settings, failing))
-        if max_passes is not None and passes >= max_passes:
-            break
-        delay = max(0.05, min(next_due.values(), default=now + 1) - time.monotonic())
-        _idle(wake, stop, delay, notifier)
-        if wake.is_set():
-            wake.clear()
-            uploaded = set(woken or ())
-            if woken:
-                woken.difference_update(uploaded)
-            for name in [*local, *uploaded]:
-                next_due[name] = 0.0
+            for name, outcome in pool.finished():
+                if isinstance(outcome, StopsRun):
+                    log.error("%s: stopping", outcome)
+                    stop.set()  # the other sources finish their batch in flight
+                    return 2
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                if outcome.error:
+                    failing[name] = f"{name}: {outcome.error}"
+                    runner.last_error = failing[name]
+                    backoff[name] = min(MAX_BACKOFF_SECONDS, max(1.0, backoff[name] * 2))
+                    next_due[name] = now + backoff[name]
+                else:
+                    # healthy again only when no other source is still failing
+                    failing.pop(name, None)
+                    runner.last_error = next(iter(failing.values()), None)
+                    backoff[name] = 0.0
+                    next_due[name] = now + _interval(settings, name)
+                    # a file seen but not complete yet: look again when it could be
+                    recheck = runner.recheck.get(name)
+                    if recheck is not None:
+                        next_due[name] = min(next_due[name], recheck)
+                if name in rewoken:  # files arrived while it ran: look again at once
+                    rewoken.discard(name)
+                    next_due[name] = 0.0
+            rounds_left = max_passes is None or passes < max_passes
+            if not rounds_left and not pool.busy:
+                break
+            started = False
+            for source in settings.sources:
+                if stop.is_set() or not rounds_left or pool.full:
+                    break
+                if pool.running(source.name) or now < next_due[source.name]:
+                    continue
+                notifier.status(f"polling {source.name}")
+                pool.start(source)
+                started = True
+            passes += started
+            idle_until = [next_due[n] for n in next_due if not pool.running(n)]
+            delay = max(0.05, min(idle_until, default=now + 1) - time.monotonic())
+            if not pool.busy:
+                notifier.status(_idle_status(settings, failing))
+            _idle(wake, stop, delay, ended, notifier=notifier)
+            ended.clear()
+            if wake.is_set():
+                wake.clear()
+                uploaded = set(woken or ())
+                if woken:
+                    woken.difference_update(uploaded)
+                for name in [*local, *uploaded]:
+                    next_due[name] = 0.0
+                    if pool.running(name):
+                        rewoken.add(name)
+    finally:
+        pool.close()  # runs in progress end (a stop finishes their batch in flight)
     return 0
+
+
+def _interval(settings: Settings, name: str) -> float:
+    return next(s.poll_interval_seconds for s in settings.sources if s.name == name)
 
 
 def _idle_status(settings: Settings, failing: dict[str, str]) -> str:
@@ -175,12 +211,14 @@ def _idle(
     wake: threading.Event,
     stop: threading.Event,
     seconds: float,
+    *also: threading.Event,
     notifier: Notifier | None = None,
 ) -> None:
-    """Sleep until `wake` or `stop` is set, or `seconds` passed (an Event waits for one);
-    the watchdog is pinged meanwhile (at most every half of its interval)."""
+    """Sleep until `wake`, `stop` (or one of `also`) is set, or `seconds` passed (an
+    Event waits for one); the watchdog is pinged meanwhile (at most every half of its
+    interval)."""
     deadline = time.monotonic() + seconds
-    while not (wake.is_set() or stop.is_set()):
+    while not (wake.is_set() or stop.is_set() or any(e.is_set() for e in also)):
         if notifier is not None:
             notifier.watchdog()
         remaining = deadline - time.monotonic()

@@ -13,6 +13,11 @@ For each configured source, a pass
 4. handles each (`filing.FileWork`): claim into ``processing/``, convert, ship, file
    away into ``done/`` or ``failed/`` with its report.
 
+Sources are handled at once, ``parallel_sources`` at a time (`csvbridge.drops.parallel`),
+each with its own destination when it has an ``api:`` section; sources sharing a token
+share its budget.  A refused token of a source's own destination is an error of that
+source; of the top-level destination, it stops the run (every source uses it).
+
 Sources that are not folders become local drops first (`csvbridge.drops.inboxes`): a
 Commerce HQ source pulls what changed since its cursor (kept in the ledger) into an
 inbox, the embedded FTP drop's user homes are handled one by one; their files are
@@ -44,9 +49,10 @@ from csvbridge.drops.inboxes import commercehq_inbox, ftp_homes, kind_of, pull_c
 from csvbridge.drops.ledger import open_ledger
 from csvbridge.drops.lock import PassLock
 from csvbridge.drops.outcome import FileOutcome, LeftForRetry, PassSummary, SourceResult
+from csvbridge.drops.parallel import run_sources
 from csvbridge.drops.replicas import Replica
 from csvbridge.drops.stages import Stages, name_problem
-from csvbridge.errors import StopsRun
+from csvbridge.errors import ApiTerminalError, StopsRun
 from csvbridge.filesystems import Connections, FileInfo, FileSystem, Skipped
 from csvbridge.observe import Metrics
 from csvbridge.progress import Telemetry
@@ -111,10 +117,15 @@ class Runner:
         summary = PassSummary()
         if not self.settings.sources:
             summary.fatal = "no sources configured (add `sources:` to the config)"
-        for source in self.settings.sources:
-            if self.stop.is_set():
-                break
-            summary.sources.append(self.run_source(source, settle=settle))
+        # sources at once, each its own files in order (drops/parallel.py)
+        summary.sources.extend(
+            run_sources(
+                self.settings.sources,
+                lambda source: self.run_source(source, settle=settle),
+                self.settings.parallel_sources,
+                self.stop,
+            )
+        )
         summary.seconds = time.monotonic() - started
         self.metrics.set("last_pass_duration_seconds", summary.seconds)
         self.metrics.set("last_pass_timestamp_seconds", self.clock())
@@ -133,8 +144,10 @@ class Runner:
                 if self.stop.is_set() or result.unfinished:
                     break
                 self._run_drop(drop, result, settle=settle)
-        except StopsRun:
-            raise  # a configuration fix, shared by every source: the run stops
+        except StopsRun as exc:
+            if not _own_destination(source, exc):
+                raise  # a configuration fix, shared by every source: the run stops
+            self._source_failed(source, result, exc, reason_of(exc))
         except LeftForRetry as exc:
             result.files.append(exc.outcome)
             self._log_file(exc.outcome)
@@ -173,7 +186,7 @@ class Runner:
             stages = Stages()
             stages.prepare(fs, create=source.create_missing)
             work = FileWork(
-                self.settings,
+                self.settings.for_source(source),  # its own destination, if it has one
                 self.ledger,
                 fs,
                 source,
@@ -402,6 +415,12 @@ class Runner:
         if source.done_marker and marker_for(f.name, names) is None:
             return f"waiting for its done marker ({f.name}{MARKER_SUFFIX} or <stem>{MARKER_SUFFIX})"
         return None
+
+
+def _own_destination(source: SourceSettings, exc: StopsRun) -> bool:
+    """True when `exc` is the API refusing a source's *own* destination (its ``api:``
+    section: another site or token): an error of that source, not of the run."""
+    return source.api is not None and isinstance(exc, ApiTerminalError)
 
 
 # ---------------------------------------------------------------------- entry point

@@ -39,7 +39,7 @@ from csvbridge.errors import ApiTransientError, AuthError, ConfigError, CsvBridg
 from csvbridge.fold.assemble import Record
 from csvbridge.schema.models import Conversion, Product
 from csvbridge.sinks.client import ApiClient, endpoint, resolve_kind
-from csvbridge.sinks.pacer import Pacer, choose_batch_size, workers_for
+from csvbridge.sinks.pacer import Grant, Pacer, choose_batch_size, shared_pacer, workers_for
 from csvbridge.sinks.results import BatchOutcome, ShipResult
 
 log = logging.getLogger("csvbridge.api")
@@ -58,6 +58,7 @@ class _Shipment:
         self.status_counts: Counter[int | str] = Counter()
         self._lock = threading.Lock()
         self._random = random.Random()
+        self.answered_at: dict[int, float] = {}  # batch -> when its answer came
 
     def halt(self, reason: str) -> None:
         """Send nothing new: requests in flight finish, waiting batches come back unsent."""
@@ -65,7 +66,7 @@ class _Shipment:
             if self.reason is None:
                 self.reason = reason
         self.halted.set()
-        self.pacer.close()
+        self.pacer.wake()  # the pacer is the account's: only this shipment's workers stop
 
     def _count(self, key: int | str | None) -> None:
         with self._lock:
@@ -82,7 +83,8 @@ class _Shipment:
         """Worker: send one batch until the API answers it, retrying transient failures."""
         attempts = self.settings.max_attempts
         for attempt in range(1, attempts + 1):
-            if not self.pacer.acquire(len(batch)):
+            grant: Grant | None = self.pacer.acquire(len(batch), self.halted)
+            if grant is None:
                 break
             if attempt > 1:
                 with self._lock:
@@ -123,7 +125,8 @@ class _Shipment:
                     self._count(status)
                     tel.request(where, status, time.monotonic() - started, retry=attempt > 1)
                 raise
-            self.pacer.release(answered=True)
+            self.pacer.release(answered=True, grant=grant)
+            self.answered_at[batch_no] = time.monotonic()
             self._count(answer.status)
             tel.request(where, answer.status, time.monotonic() - started, retry=attempt > 1)
             log.debug(
@@ -183,13 +186,15 @@ def _fresh(
             yield record
 
 
-def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
+def _chunks(records: Iterator[Record], size: Callable[[], int]) -> Iterator[list[Record]]:
+    """Batches of ``size()`` records, asked again for each batch (the pacer's measure)."""
     batch: list[Record] = []
+    want = size()
     for record in records:
         batch.append(record)
-        if len(batch) == size:
+        if len(batch) >= want:
             yield batch
-            batch = []
+            batch, want = [], size()
     if batch:
         yield batch
 
@@ -206,6 +211,7 @@ def ship(
     stop: threading.Event | None = None,
     total: int | None = None,
     client: ApiClient | None = None,
+    pacer: Pacer | None = None,
 ) -> ShipResult:
     """Send `records` to the bulk API as fast as the documented limits allow.
 
@@ -220,6 +226,9 @@ def ship(
     The endpoint follows what is sent: products (``products_from_conversions``, or records
     that are products whatever `kind` says) always go to ``/products/bulk``; see
     `records_kind`.  ``result.endpoint`` says where the records went.
+
+    ``pacer`` (default: the account's, `shared_pacer`) is shared by every shipment to
+    the same base URL with the same token running at the same time in this process.
     """
     kind = resolve_kind(kind, products_from_conversions=products_from_conversions)
     unusable: CsvBridgeError | None = None
@@ -242,7 +251,10 @@ def ship(
     own_client = client is None
     client = client or ApiClient(settings)
     size, workers = choose_batch_size(settings), workers_for(settings)
-    shipment = _Shipment(client, settings, kind, Pacer(settings.limits, workers, size))
+    # the account's pacer (shared with its other shipments running) unless one is given
+    account = contextlib.ExitStack()
+    pacer = pacer or account.enter_context(shared_pacer(settings))
+    shipment = _Shipment(client, settings, kind, pacer)
     if total is None and isinstance(records, Sized):
         total = len(records)
     session = telemetry.showing(tty=progress)  # bars or log lines, unless already shown
@@ -279,6 +291,9 @@ def ship(
             if outcome.answered:
                 if on_batch is not None:
                     on_batch(outcome)
+                answered = shipment.answered_at.pop(outcome.batch_no, None)
+                if answered is not None:  # how long a kill would still re-send it
+                    pacer.recorded(time.monotonic() - answered)
             elif not shipment.halted.is_set():  # gave up: the API is not taking anything
                 shipment.halt(f"batch {outcome.batch_no} {outcome.error}")
         # every poll, answers or not: ETA gauges stay fresh, the daemon's watchdog is fed
@@ -288,7 +303,8 @@ def ship(
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="csvbridge-ship") as pool:
             try:
-                for batch_no, batch in enumerate(_chunks(fresh, size), start=1):
+                batches = _chunks(fresh, lambda: pacer.batch_size(size))
+                for batch_no, batch in enumerate(batches, start=1):
                     settle(block=False)
                     while len(pending) > workers:
                         settle(block=True)
@@ -308,6 +324,7 @@ def ship(
             result.not_shipped.extend(fresh)  # accounted for, never sent
     finally:
         session.__exit__(None, None, None)
+        account.close()
         if own_client:
             client.close()
     result.requests, result.retries = shipment.requests, shipment.retries

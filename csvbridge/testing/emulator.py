@@ -8,8 +8,11 @@ misbehave on purpose (500s, dropped connections, slow answers) so retries are ex
 over real HTTP.  ``speed`` scales the rate limits so tests run in seconds: at speed 10 it
 takes 300 requests/s, 300 connections and 300 objects/s.
 
-The connection limit counts requests being processed, as the request limit counts the
-requests admitted during the last second (a sliding window).  Objects are processed one
+Several sites and tokens (``sites=``, ``csvbridge emulator --site 1234:token-a --site
+5678:token-b:60``): each token is an account with its own three limits, shared by its
+sites (`csvbridge.testing.emulator_accounts`); a token may only ship to its own sites
+(else the documented 403).  The connection limit counts requests being processed, as
+the request limit counts the requests admitted during the last second (a sliding window).  Objects are processed one
 request after the other (first come, first served) at the object rate, so three requests
 of 100 objects sent together are all answered after 10 s at speed 1, the last one last.
 """
@@ -19,14 +22,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import random
 import re
 import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
@@ -45,6 +47,7 @@ from csvbridge.testing.api_answers import (
     error_body,
     new_group,
 )
+from csvbridge.testing.emulator_accounts import Account, SiteSpec, accounts_for
 from csvbridge.testing.emulator_http import EmulatorHandler, EmulatorServer
 
 log = logging.getLogger("csvbridge.testing.emulator")
@@ -54,10 +57,6 @@ _BULK_PATH = re.compile(r"/v2/([^/]+)/(conversions|products)/bulk/?")
 
 
 REQUEST_LOG_SIZE = 1000  # requests kept for GET /_emulator/requests
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 @dataclass
@@ -71,10 +70,33 @@ class EmulatorStats:
     received_ids: Counter[str] = field(default_factory=Counter)  # times each id was accepted
     dropped: int = 0  # connections closed without an answer (drop_rate)
     max_concurrent: int = 0  # most requests processed at once
+    sites: dict[str, SiteStats] = field(default_factory=dict)  # the same, per site
 
     @property
     def resent(self) -> set[str]:
         """Ids accepted more than once: a client that re-sends what was already accepted."""
+        return {i for i, n in self.received_ids.items() if n > 1}
+
+
+@dataclass
+class SiteStats:
+    """What one site saw (its account's limits are shared with the token's other sites)."""
+
+    requests: int = 0
+    status_counts: Counter[int] = field(default_factory=Counter)
+    accepted: int = 0  # objects accepted
+    received_ids: Counter[str] = field(default_factory=Counter)
+    max_concurrent: int = 0  # most requests of its account processed at once
+    first_accepted_at: float | None = None  # time.monotonic() of the first acceptance
+    last_accepted_at: float | None = None
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (when, accepted)
+
+    def accepted_between(self, start: float, end: float) -> int:
+        """Objects accepted by requests answered in ``(start, end]``."""
+        return sum(n for t, n in self.timeline if start < t <= end)
+
+    @property
+    def resent(self) -> set[str]:
         return {i for i, n in self.received_ids.items() if n > 1}
 
 
@@ -83,8 +105,13 @@ class Emulator:
 
     ``start()`` serves from a daemon thread (returns once listening), ``serve_forever()``
     from the calling thread; ``stop()`` ends either.  ``store[kind][id]`` holds accepted
-    objects, ``stats`` what happened.  ``limits`` (default: the documented ones) are
-    multiplied by ``speed``.
+    objects (of the first site; ``stores[site]`` per site), ``stats`` what happened.
+    ``limits`` (default: the documented ones) are multiplied by ``speed``.
+
+    ``sites`` serves several sites and tokens (an agency, a group of brands): each a
+    `SiteSpec` or ``"SITE[:TOKEN[:OBJECTS/S[:REQUESTS/S[:CONNECTIONS]]]]"``; each token
+    is an account with its own limits (times ``speed``), shared by its sites.  Without
+    it: the one site `site_id` for `token` at `limits`.
     """
 
     max_examples = 100  # line numbers and ids listed per aggregated error ("some examples")
@@ -102,24 +129,34 @@ class Emulator:
         slow_seconds: float = 5.0,
         seed: int | None = None,
         limits: RateLimits | None = None,
+        sites: Sequence[SiteSpec | str] | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
-        limits = limits or RateLimits()
+        specs = [
+            spec if isinstance(spec, SiteSpec) else SiteSpec.parse(spec, token)
+            for spec in (sites or [SiteSpec(str(site_id), token, limits or RateLimits())])
+        ]
+        if not specs:
+            raise ConfigError("the emulator needs at least one site")
         self.host, self.port = host, port
-        self.token, self.site_id, self.speed = token, site_id, speed
+        self.token, self.site_id, self.speed = specs[0].token, specs[0].site_id, speed
+        self.sites = specs
+        self.accounts = accounts_for(specs, speed)  # token -> account
+        self._account_of = {site: a for a in self.accounts.values() for site in a.sites}
         self.fail_rate, self.drop_rate, self.slow_rate = fail_rate, drop_rate, slow_rate
         self.slow_seconds = slow_seconds
-        self.requests_per_second = limits.requests_per_second * speed
-        self.max_connections = max(1, round(limits.concurrent_connections * speed))
-        self.objects_per_second = limits.objects_per_second * speed
-        self.store: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in MODELS}
-        self._stats = EmulatorStats()
+        first = self.accounts[self.token]
+        self.requests_per_second = first.requests_per_second
+        self.max_connections = first.max_connections
+        self.objects_per_second = first.objects_per_second
+        self.stores: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+            spec.site_id: {kind: {} for kind in MODELS} for spec in specs
+        }
+        self._stats = EmulatorStats(sites={spec.site_id: SiteStats() for spec in specs})
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._in_flight = 0
-        self._admitted: deque[float] = deque()  # admission times within the last second
-        self._busy_until = 0.0  # when the object processor is free again
         self._stopping = threading.Event()
         self._log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)  # GET /_emulator/
         self._server: EmulatorServer | None = None
@@ -179,6 +216,14 @@ class Emulator:
         self.stop()
 
     @property
+    def store(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The accepted objects of the first site, per kind then id."""
+        return self.stores[self.site_id]
+
+    def token_of(self, site_id: str) -> str:
+        return self._account_of[site_id].token
+
+    @property
     def url(self) -> str:
         """Base URL to put in ``api.base_url``, e.g. ``http://127.0.0.1:43123``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -201,39 +246,57 @@ class Emulator:
         site, kind = match.groups()
         with self._lock:
             self._stats.requests += 1
+            if site in self._stats.sites:
+                self._stats.sites[site].requests += 1
             if self._chance(self.drop_rate):
                 self._stats.dropped += 1
                 return None
-        refused = self._check_auth(headers.get("Authorization"))
+        account, refused = self._check_auth(headers.get("Authorization"))
         if refused is not None:
-            return refused
-        if site != self.site_id:
-            return Reply(403, error_body("SITE_ACCESS_FORBIDDEN", "You cannot access this site"))
+            return self._counted(site, refused)
+        assert account is not None
+        if site not in account.sites:
+            forbidden = error_body("SITE_ACCESS_FORBIDDEN", "You cannot access this site")
+            return self._counted(site, Reply(403, forbidden))
         with self._lock:
             self._in_flight += 1
+            account.in_flight += 1
             self._stats.max_concurrent = max(self._stats.max_concurrent, self._in_flight)
+            mine = self._stats.sites[site]
+            mine.max_concurrent = max(mine.max_concurrent, account.in_flight)
         try:
-            limited = self._admit()
+            limited = account.admit()
             if limited is not None:
-                return limited
+                return self._counted(site, limited)
             with self._lock:
                 fail, slow = self._chance(self.fail_rate), self._chance(self.slow_rate)
             if fail:
-                return Reply(500, error_body("SERVER_ERROR", SERVER_ERROR_DETAIL))
+                return self._counted(
+                    site, Reply(500, error_body("SERVER_ERROR", SERVER_ERROR_DETAIL))
+                )
             if slow:
                 self._stopping.wait(self.slow_seconds / self.speed)
             overwrite = parse_qs(url.query).get("overwrite", ["false"])[-1].lower() == "true"
-            return self._bulk(kind, body, overwrite)
+            return self._counted(site, self._bulk(site, account, kind, body, overwrite))
         finally:
             with self._lock:
                 self._in_flight -= 1
+                account.in_flight -= 1
+
+    def _counted(self, site: str, reply: Reply) -> Reply:
+        """`reply`, counted in its site's status counts (a known site)."""
+        with self._lock:
+            if site in self._stats.sites:
+                self._stats.sites[site].status_counts[reply.status] += 1
+        return reply
 
     def _chance(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate  # caller holds the lock
 
-    def _check_auth(self, header: str | None) -> Reply | None:
+    def _check_auth(self, header: str | None) -> tuple[Account | None, Reply | None]:
+        """The account of the Bearer token, or the documented 401 refusing it."""
         if not header:
-            return Reply(
+            return None, Reply(
                 401,
                 error_body(
                     "MISSING_AUTHORIZATION_HEADER", 'The "Authorization" header is required'
@@ -241,53 +304,20 @@ class Emulator:
             )
         scheme, _, token = header.strip().partition(" ")
         if not token:
-            return Reply(401, error_body("UNKNOWN_TOKEN_TYPE", "The token type is missing"))
+            return None, Reply(
+                401, error_body("UNKNOWN_TOKEN_TYPE", "The token type is missing")
+            )
         if scheme.lower() != "bearer":
             detail = f'The token type "{scheme}" is invalid. Expecting "Bearer" instead'
-            return Reply(401, error_body("INVALID_TOKEN_TYPE", detail))
-        if token.strip() != self.token:
-            return Reply(401, error_body("UNKNOWN_TOKEN", UNKNOWN_TOKEN_DETAIL))
-        return None
+            return None, Reply(401, error_body("INVALID_TOKEN_TYPE", detail))
+        account = self.accounts.get(token.strip())
+        if account is None:
+            return None, Reply(401, error_body("UNKNOWN_TOKEN", UNKNOWN_TOKEN_DETAIL))
+        return account, None
 
-    def _admit(self) -> Reply | None:
-        """Apply the connection and request limits; an admitted request is counted."""
-        now = time.monotonic()
-        with self._lock:
-            if self._in_flight > self.max_connections:
-                return Reply(
-                    429,
-                    error_body(
-                        "CONNECTION_LIMIT_REACHED",
-                        f"Your account is limited to {self.max_connections} simultaneous "
-                        "connections",
-                        description="You have too many open connections",
-                    ),
-                    {"Retry-After": self._retry_after(1.0 / self.speed)},
-                )
-            while self._admitted and self._admitted[0] <= now - 1.0:
-                self._admitted.popleft()
-            if len(self._admitted) >= self.requests_per_second:
-                wait = self._admitted[0] + 1.0 - now
-                return Reply(
-                    429,
-                    error_body(
-                        "REQUEST_LIMIT_REACHED",
-                        f"Your account is limited to {_number(self.requests_per_second)} "
-                        "requests per second",
-                        description="You have reached the request limit",
-                    ),
-                    {"Retry-After": self._retry_after(wait)},
-                )
-            self._admitted.append(now)
-        return None
-
-    def _retry_after(self, seconds: float) -> str:
-        """Whole seconds as HTTP says; with speed > 1, decimals, or tests would crawl."""
-        if self.speed <= 1:
-            return str(max(1, math.ceil(seconds)))
-        return f"{max(seconds, 0.001):.3f}"
-
-    def _bulk(self, kind: str, body: bytes, overwrite: bool) -> Reply:
+    def _bulk(
+        self, site: str, account: Account, kind: str, body: bytes, overwrite: bool
+    ) -> Reply:
         objects: list[tuple[int, Any]] = []
         for number, raw in enumerate(body.split(b"\n"), start=1):
             if not raw.strip():
@@ -297,15 +327,23 @@ class Emulator:
             except orjson.JSONDecodeError:
                 return Reply(400, {**error_body("PARSE_ERROR", "Cannot parse nd-json"), "data": {}})
         valid, groups = self._validate(kind, objects)
-        self._process(len(objects))
+        account.process(len(objects), self._stopping)
         rejected = len(objects) - len(valid)
         with self._lock:
-            table = self.store[kind]
+            table = self.stores[site][kind]
+            mine = self._stats.sites[site]
             for obj in valid:
                 oid = obj["id"]
                 old = table.get(oid)
                 table[oid] = obj if overwrite or old is None else {**old, **obj}
                 self._stats.received_ids[oid] += 1
+                mine.received_ids[oid] += 1
+            if valid:
+                now = time.monotonic()
+                mine.first_accepted_at = mine.first_accepted_at or now
+                mine.last_accepted_at = now
+                mine.timeline.append((now, len(valid)))
+            mine.accepted += len(valid)
             self._stats.accepted[kind] += len(valid)
             self._stats.rejected[kind] += rejected
         data = {"accepted_object_count": len(valid), "rejected_object_count": rejected}
@@ -340,15 +378,6 @@ class Emulator:
             else:
                 valid.append(obj)
         return valid, list(groups.values())
-
-    def _process(self, n_objects: int) -> None:
-        """Hold the answer until the objects are processed at the object rate (FIFO)."""
-        with self._lock:
-            start = max(time.monotonic(), self._busy_until)
-            self._busy_until = done = start + n_objects / self.objects_per_second
-        delay = done - time.monotonic()
-        if delay > 0:
-            self._stopping.wait(delay)
 
     def _count_status(self, status: int) -> None:
         with self._lock:
@@ -392,9 +421,11 @@ def run_emulator(
     drop_rate: float = 0.0,
     slow_rate: float = 0.0,
     out: TextIO | None = None,
+    sites: Sequence[str] | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (``csvbridge emulator``); writes where to point csvbridge
-    to `out` (the CLI passes stdout; by default it is logged).
+    to `out` (the CLI passes stdout; by default it is logged).  `sites`: several sites
+    and tokens (``SITE[:TOKEN[:OBJECTS/S[:REQUESTS/S[:CONNECTIONS]]]]``, see `Emulator`).
 
     Raises `ConfigError` (no traceback: the CLI prints it, exit 2) when it cannot listen,
     e.g. the port is already in use.
@@ -408,15 +439,26 @@ def run_emulator(
         fail_rate=fail_rate,
         drop_rate=drop_rate,
         slow_rate=slow_rate,
+        sites=sites,
     ).start()
-    shown = token if token == "emulator-token" else "<the --token you gave>"
     say = _teller(out)
+    site_id = emulator.site_id
+    shown = emulator.token if emulator.token == "emulator-token" else "<the token you gave>"
     say(f"csvbridge emulator listening on {emulator.url} (site {site_id}, speed {speed:g})")
     say(
         f"  point csvbridge at it: CSVBRIDGE_API_URL={emulator.url} "
         f"CSVBRIDGE_SITE_ID={site_id} CSVBRIDGE_TOKEN={shown}"
     )
     say(f"  what it received: {emulator.url}/_emulator/objects, {emulator.url}/_emulator/requests")
+    if len(emulator.sites) > 1:  # tokens are the operator's own: never echoed
+        for n, account in enumerate(emulator.accounts.values(), start=1):
+            limits = account.limits
+            say(
+                f"  account {n}: sites {', '.join(account.sites)}, "
+                f"{limits.objects_per_second:g} objects/s, "
+                f"{limits.requests_per_second:g} requests/s, "
+                f"{limits.concurrent_connections} connections (x speed {speed:g})"
+            )
     done = threading.Event()
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
