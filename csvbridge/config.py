@@ -41,7 +41,7 @@ from csvbridge.config_layers import (
     secret_files,
     variables_layer,
 )
-from csvbridge.drops.ftpserver import FtpDropSettings
+from csvbridge.drops.ftpserver_settings import FtpDropSettings  # not the server: no pyftpdlib
 from csvbridge.errors import ConfigError
 from csvbridge.read.limits import DEFAULT_LIMITS as _LIMITS
 from csvbridge.redaction import register_secret
