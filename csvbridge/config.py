@@ -75,7 +75,22 @@ class RateLimits(_Section):
     objects_per_second: float = 30
 
 
-class ApiSettings(_Section):
+class _Endpoint(_Section):
+    """What the bulk API and the tracking API settings share: a base URL and a site."""
+
+    @field_validator("base_url", check_fields=False)
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @field_validator("site_id", mode="before", check_fields=False)
+    @classmethod
+    def _site_id_as_text(cls, v: object) -> object:
+        """`site_id: 1234` unquoted in YAML is a number: it is still the site's id."""
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class ApiSettings(_Endpoint):
     base_url: str = "https://api.commander1.com"
     site_id: str = ""
     token: SecretStr = SecretStr("")
@@ -88,17 +103,6 @@ class ApiSettings(_Section):
     backoff_max_seconds: float = Field(60, gt=0)
     limits: RateLimits = RateLimits()
 
-    @field_validator("base_url")
-    @classmethod
-    def _strip_slash(cls, v: str) -> str:
-        return v.rstrip("/")
-
-    @field_validator("site_id", mode="before")
-    @classmethod
-    def _site_id_as_text(cls, v: object) -> object:
-        """`site_id: 1234` unquoted in YAML is a number: it is still the site's id."""
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
     _strip_token = field_validator("token", mode="before")(_strip_secret)
 
 
@@ -108,7 +112,7 @@ MAX_EVENT_BYTES = 32_000
 MAX_BATCH_BYTES = 500_000
 
 
-class EventsSettings(_Section):
+class EventsSettings(_Endpoint):
     """The ``events`` sink: ``purchase`` events to the HTTP tracking API
     (`csvbridge.sinks.events`)."""
 
@@ -124,16 +128,6 @@ class EventsSettings(_Section):
     max_attempts: int = Field(8, ge=1)
     backoff_base_seconds: float = Field(0.5, gt=0)
     backoff_max_seconds: float = Field(60, gt=0)
-
-    @field_validator("base_url")
-    @classmethod
-    def _strip_slash(cls, v: str) -> str:
-        return v.rstrip("/")
-
-    @field_validator("site_id", mode="before")
-    @classmethod
-    def _site_id_as_text(cls, v: object) -> object:
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     @field_validator("token", mode="before")
     @classmethod

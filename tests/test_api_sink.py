@@ -8,7 +8,6 @@ accepted, and no accepted id was ever sent twice.
 from __future__ import annotations
 
 import http.server
-import io
 import logging
 import socket
 import threading
@@ -26,7 +25,6 @@ from csvbridge.fold.assemble import Record
 from csvbridge.sinks import (
     ApiClient,
     BatchOutcome,
-    Progress,
     ShipResult,
     choose_batch_size,
     parse_retry_after,
@@ -377,21 +375,6 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon") is None
     later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     assert 25 < (parse_retry_after(later) or 0) <= 30
-
-
-def test_progress_line() -> None:
-    stream = io.StringIO()
-    meter = Progress(100, tty=True, stream=stream)
-    meter.started -= 2  # as if two seconds went by
-    meter.update(100)
-    meter.close()
-    assert "shipped 100/100 objects, 50 obj/s" in stream.getvalue()
-    half = Progress(100, tty=True, stream=io.StringIO())
-    half.started -= 2
-    assert half.line(50) == "shipped 50/100 objects, 25 obj/s, ETA 2 s"
-    unknown = Progress(None, tty=False)
-    unknown.started -= 2
-    assert unknown.line(50) == "shipped 50 objects, 25 obj/s"
 
 
 # -- redirects: a 3xx to a POST is never followed ----------------------------------------

@@ -14,7 +14,7 @@ from csvbridge.sinks.client import (
     split_partial,
 )
 from csvbridge.sinks.pacer import Pacer, choose_batch_size, workers_for
-from csvbridge.sinks.progress import Progress, ShipPlan, format_duration, plan
+from csvbridge.sinks.progress import ShipPlan, format_duration, plan
 from csvbridge.sinks.results import BatchOutcome, Endpoint, Rejection, ShipResult
 from csvbridge.sinks.shipper import records_kind, ship
 
@@ -25,7 +25,6 @@ __all__ = [
     "Endpoint",
     "Pacer",
     "ShipPlan",
-    "Progress",
     "Rejection",
     "ShipResult",
     "choose_batch_size",

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
-import time
 from dataclasses import dataclass
-from typing import TextIO
 
 from csvbridge.config import ApiSettings, Kind
 from csvbridge.sinks.client import endpoint, resolve_kind
@@ -19,7 +16,6 @@ from csvbridge.sinks.results import Endpoint
 
 log = logging.getLogger("csvbridge.api")
 
-PROGRESS_LOG_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -80,38 +76,3 @@ def format_duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
-
-
-class Progress:
-    """``shipped X/Y objects, N obj/s, ETA ...``: in place on a terminal, else a log line
-    every ~10 s.  Without a known total there is no ETA."""
-
-    def __init__(self, total: int | None, *, tty: bool, stream: TextIO | None = None) -> None:
-        self.total, self.tty = total, tty
-        self.stream = stream or sys.stderr
-        self.started = self._last = time.monotonic()
-        self._drawn = False
-
-    def line(self, done: int) -> str:
-        elapsed = time.monotonic() - self.started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        text = f"shipped {done}" + (f"/{self.total}" if self.total is not None else "")
-        text += f" objects, {rate:.0f} obj/s"
-        if self.total is not None and rate > 0 and done < self.total:
-            text += f", ETA {format_duration((self.total - done) / rate)}"
-        return text
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if self.tty and (now - self._last >= 0.2 or done == self.total):
-            self.stream.write("\r" + self.line(done) + "\x1b[K")
-            self.stream.flush()
-            self._last, self._drawn = now, True
-        elif not self.tty and now - self._last >= PROGRESS_LOG_SECONDS:
-            log.info("%s", self.line(done))
-            self._last = now
-
-    def close(self) -> None:
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
