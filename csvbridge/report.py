@@ -62,6 +62,12 @@ class Problem:
     value: str | None = None
     warning: bool = False
 
+    def reason(self) -> str:
+        """One line for a rejects file's ``csvbridge_error`` cell: the code, the field it
+        is about (the source column, else the documented property), the detail."""
+        field = self.column or self.property
+        return f"{self.code} ({field}): {self.detail}" if field else f"{self.code}: {self.detail}"
+
     def as_text(self, file: str | None = None) -> str:
         where = []
         if file:

@@ -511,7 +511,7 @@ def test_quoted_multiline_values_in_the_middle_of_conversions():
         "Product 3",
     ]
     assert objs[2]["comment"] == "only\nhere" and len(objs[2]["conversion_items"]) == 3
-    assert res["rejected"].decode().startswith("16,17\tCONFLICTING_VALUES: ")
+    assert res["rejected"].decode().startswith("16,17\tCONFLICTING_VALUES (comment): ")
     (err,) = res["report"]["errors"]
     assert err["meta"]["line_numbers"] == [16, 17] and err["meta"]["ids"] == ["d"]
     assert res["report"]["rows"]["read"] == 12 and res["accounted"]

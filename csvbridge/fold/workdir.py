@@ -83,7 +83,7 @@ class Output:
             self.reject(
                 lines_text(built.lines),
                 built.rows,
-                f"{reason.code}: {reason.detail}" if reason else "rejected",
+                reason.reason() if reason else "rejected",
             )
             return
         self.ok += 1
