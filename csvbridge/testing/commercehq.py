@@ -52,6 +52,7 @@ import orjson
 
 from csvbridge.testing.commercehq_http import _Answer, _Handler, _Server
 from csvbridge.testing.commercehq_orders import new_order
+from csvbridge.testing.http_standin import HTTPStandIn
 
 RELATIONS = ("items", "address", "fulfilments", "shipments", "restocks")
 MAX_PAGE_SIZE = 250
@@ -67,13 +68,18 @@ class StandInStats:
     pages_served: int = 0
 
 
-class CommerceHQStandIn:
+class CommerceHQStandIn(HTTPStandIn):
     """The orders API on ``http://host:port/api/v1``; see the module docstring.
 
     ``orders`` seeded realistic orders (ids from ``first_id``, dates over the last
     ``days`` days, a share of them updated since).  ``start()`` serves from a daemon
     thread (listening when it returns), ``stop()`` ends it.
     """
+
+    server_class = _Server
+    handler_class = _Handler
+    thread_name = "commercehq"
+    url_path = "/api/v1"
 
     def __init__(
         self,
@@ -95,7 +101,7 @@ class CommerceHQStandIn:
         clock: Callable[[], float] = time.time,
         on_request: Callable[[CommerceHQStandIn, dict[str, str]], None] | None = None,
     ) -> None:
-        self.host, self.port = host, port
+        super().__init__(host, port)
         self.api_key, self.api_password = api_key, api_password
         self.fail_rate, self.throttle_rate, self.retry_after = fail_rate, throttle_rate, retry_after
         self.slow_rate, self.slow_seconds = slow_rate, slow_seconds
@@ -106,9 +112,6 @@ class CommerceHQStandIn:
         self._lock = threading.RLock()
         self._stats = StandInStats()
         self._forced: list[tuple[str, float]] = []  # ("fail"|"throttle"|"slow", arg)
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self.orders: dict[int, dict[str, Any]] = {}
         self.versions: Counter[int] = Counter()  # states each order has had (1 + updates)
         self._next_id = first_id
@@ -195,44 +198,6 @@ class CommerceHQStandIn:
         return None
 
     # -- life cycle -----------------------------------------------------------------
-
-    def start(self) -> CommerceHQStandIn:
-        """Listen and serve from a daemon thread; the socket accepts once this returns."""
-        self._server = _Server((self.host, self.port), _Handler)
-        self._server.standin = self
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            daemon=True,
-            name=f"commercehq-{self.port}",
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut open connections short, release the port."""
-        self._stopping.set()
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        server.close_connections()
-        server.server_close()
-
-    def __enter__(self) -> CommerceHQStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL of the API, e.g. ``http://127.0.0.1:43123/api/v1``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/api/v1"
 
     @property
     def stats(self) -> StandInStats:

@@ -1,5 +1,5 @@
-"""The stand-in's HTTP plumbing: a threaded server that can cut its open connections
-short on stop, and a handler that writes each `_Answer` as JSON with a ``Date`` header
+"""The stand-in's HTTP plumbing: the shared stand-in server and handler
+(`csvbridge.testing.http_standin`), writing each `_Answer` as JSON with a ``Date`` header
 on the stand-in's clock.
 
 Why apart from the stand-in: what the orders API answers (`CommerceHQStandIn.answer_get`)
@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
-import threading
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from csvbridge.testing.http_standin import StandInHandler, StandInServer
 
 if TYPE_CHECKING:
     from csvbridge.testing.commercehq import CommerceHQStandIn
@@ -34,61 +33,28 @@ class _Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    standin: CommerceHQStandIn
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            for conn in list(self.connections):
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("stand-in: connection from %s ended with an error", client_address, exc_info=True)
+class _Server(StandInServer):
+    log = log
+    error_message = "stand-in: connection from %s ended with an error"
+    stand_in: CommerceHQStandIn
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(StandInHandler):
     server_version = "csvbridge-commercehq-standin"
-    timeout = 60
+    log_prefix = "stand-in: "
     server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        super().finish()
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         """The ``Date`` header on the stand-in's clock (clients take it as server time)."""
         return formatdate(
-            self.server.standin.now() if timestamp is None else timestamp, usegmt=True
+            self.server.stand_in.now() if timestamp is None else timestamp, usegmt=True
         )
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
-        answer = self.server.standin.answer_get(self.path, self.headers.get("Authorization"))
+        answer = self.server.stand_in.answer_get(self.path, self.headers.get("Authorization"))
         data = orjson.dumps(answer.body)
-        self.server.standin._count_status(answer.status)
+        self.server.stand_in._count_status(answer.status)
         with contextlib.suppress(OSError):  # the client gave up (timeout): nothing to do
-            self.send_response(answer.status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in answer.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("stand-in: " + format, *args)
+            self.send_json(
+                answer.status, data, answer.headers, content_type="application/json; charset=UTF-8"
+            )

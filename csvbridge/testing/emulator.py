@@ -49,6 +49,7 @@ from csvbridge.testing.api_answers import (
 )
 from csvbridge.testing.emulator_accounts import Account, SiteSpec, accounts_for
 from csvbridge.testing.emulator_http import EmulatorHandler, EmulatorServer
+from csvbridge.testing.http_standin import HTTPStandIn, StandInServer
 
 log = logging.getLogger("csvbridge.testing.emulator")
 
@@ -100,7 +101,7 @@ class SiteStats:
         return {i for i, n in self.received_ids.items() if n > 1}
 
 
-class Emulator:
+class Emulator(HTTPStandIn):
     """The bulk API on ``http://host:port``; see the module docstring for what it does.
 
     ``start()`` serves from a daemon thread (returns once listening), ``serve_forever()``
@@ -115,6 +116,9 @@ class Emulator:
     """
 
     max_examples = 100  # line numbers and ids listed per aggregated error ("some examples")
+    server_class = EmulatorServer
+    handler_class = EmulatorHandler
+    thread_name = "emulator"
 
     def __init__(
         self,
@@ -139,7 +143,7 @@ class Emulator:
         ]
         if not specs:
             raise ConfigError("the emulator needs at least one site")
-        self.host, self.port = host, port
+        super().__init__(host, port)
         self.token, self.site_id, self.speed = specs[0].token, specs[0].site_id, speed
         self.sites = specs
         self.accounts = accounts_for(specs, speed)  # token -> account
@@ -157,63 +161,25 @@ class Emulator:
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._in_flight = 0
-        self._stopping = threading.Event()
         self._log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)  # GET /_emulator/
-        self._server: EmulatorServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
-    def _bind(self) -> EmulatorServer:
-        if self._server is None:
-            try:
-                self._server = EmulatorServer((self.host, self.port), EmulatorHandler)
-            except (OSError, OverflowError) as exc:  # port taken, out of range, bad host
-                reason = getattr(exc, "strerror", None) or str(exc)
-                raise ConfigError(
-                    f"the emulator cannot listen on {self.host}:{self.port}: {reason}"
-                    + (" (choose another --port, or 0 for any free one)" if self.port else ""),
-                    host=self.host,
-                    port=self.port,
-                ) from None
-            self._server.emulator = self
-            self.port = self._server.server_address[1]
-        return self._server
-
-    def start(self) -> Emulator:
-        """Listen and serve from a daemon thread; the socket accepts once this returns."""
-        server = self._bind()
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            daemon=True,
-            name=f"emulator-{self.port}",
-        )
-        self._thread.start()
-        return self
+    def _bind(self) -> StandInServer:
+        try:
+            return super()._bind()
+        except (OSError, OverflowError) as exc:  # port taken, out of range, bad host
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(
+                f"the emulator cannot listen on {self.host}:{self.port}: {reason}"
+                + (" (choose another --port, or 0 for any free one)" if self.port else ""),
+                host=self.host,
+                port=self.port,
+            ) from None
 
     def serve_forever(self) -> None:
         """Serve from the calling thread until `stop()` is called from another one."""
         self._bind().serve_forever(poll_interval=0.1)
-
-    def stop(self) -> None:
-        """Stop serving, cut open connections short, release the port."""
-        self._stopping.set()
-        server = self._server
-        if server is None:
-            return
-        if self._thread is not None:
-            server.shutdown()
-            self._thread.join(timeout=5)
-        server.close_connections()
-        server.server_close()
-        self._server = None
-
-    def __enter__(self) -> Emulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def store(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -222,12 +188,6 @@ class Emulator:
 
     def token_of(self, site_id: str) -> str:
         return self._account_of[site_id].token
-
-    @property
-    def url(self) -> str:
-        """Base URL to put in ``api.base_url``, e.g. ``http://127.0.0.1:43123``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
 
     @property
     def stats(self) -> EmulatorStats:

@@ -15,19 +15,18 @@ answer, ``fail_rate``/``drop_rate`` do it at random, ``delay_seconds`` slows eve
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import random
-import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
+
+from csvbridge.testing.http_standin import HTTPStandIn, StandInHandler, StandInServer
 
 log = logging.getLogger("csvbridge.testing.tracking")
 
@@ -54,8 +53,59 @@ class TrackingStats:
         return {i for i, n in self.transaction_ids.items() if n > 1}
 
 
-class TrackingStandIn:
+# -- HTTP plumbing ----------------------------------------------------------------------
+
+
+class _Server(StandInServer):
+    log = log
+    error_message = "tracking stand-in: connection from %s failed"
+    stand_in: TrackingStandIn
+
+
+class _Handler(StandInHandler):
+    server_version = "csvbridge-tracking"
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+        path = urlsplit(self.path).path
+        if path == "/healthz":
+            self._send(200, b'{"status":"ok"}')
+        elif path == "/_received":
+            stand_in = self.server.stand_in
+            stats = stand_in.stats
+            data = {
+                "events": stand_in.events(),
+                "requests": stats.requests,
+                "discarded": stats.discarded,
+                "resent": sorted(stats.resent),
+            }
+            self._send(200, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        else:
+            self._send(404, b'{"error":"not found"}')
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.read_body(chunked=False)  # by Content-Length only, as it always was
+        answer = self.server.stand_in.answer(self.path, self.headers, body)
+        if answer is None:
+            self.hang_up(cut=True)
+            return
+        self._send(*answer)
+
+    def _send(self, status: int, data: bytes) -> None:
+        self.server.stand_in.count(status)
+        self.send_json(status, data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        # the request line holds the source key: never log it
+        log.debug("tracking stand-in: %s", args[1] if len(args) > 1 else "")
+
+
+class TrackingStandIn(HTTPStandIn):
     """The tracking API on ``http://host:port``; see the module docstring."""
+
+    server_class = _Server
+    handler_class = _Handler
+    thread_name = "tracking"
 
     def __init__(
         self,
@@ -72,7 +122,8 @@ class TrackingStandIn:
         max_event_bytes: int = MAX_EVENT_BYTES,
         max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
-        self.host, self.port, self.token, self.site_id = host, port, token, site_id
+        super().__init__(host, port)
+        self.token, self.site_id = token, site_id
         self.strict_auth = strict_auth
         self.max_event_bytes, self.max_batch_bytes = max_event_bytes, max_batch_bytes
         self.fail_rate, self.drop_rate, self.delay_seconds = fail_rate, drop_rate, delay_seconds
@@ -83,48 +134,8 @@ class TrackingStandIn:
         self._storm = 0
         self._storm_status = 503
         self._drops = 0
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- life cycle -------------------------------------------------------------------
-
-    def start(self) -> TrackingStandIn:
-        """Listen and serve from a daemon thread; the socket accepts once this returns."""
-        self._server = _Server((self.host, self.port), _Handler)
-        self._server.stand_in = self
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            daemon=True,
-            name=f"tracking-{self.port}",
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        server.close_connections()
-        server.server_close()
-
-    def __enter__(self) -> TrackingStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL for ``events.base_url``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+    # -- what it saw (start/stop/url: `HTTPStandIn`) -----------------------------------
 
     @property
     def stats(self) -> TrackingStats:
@@ -203,84 +214,3 @@ class TrackingStandIn:
     def count(self, status: int) -> None:
         with self._lock:
             self._stats.status_counts[status] += 1
-
-
-# -- HTTP plumbing ----------------------------------------------------------------------
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    stand_in: TrackingStandIn
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            for conn in list(self.connections):
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("tracking stand-in: connection from %s failed", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "csvbridge-tracking"
-    timeout = 60
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        super().finish()
-
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
-        path = urlsplit(self.path).path
-        if path == "/healthz":
-            self._send(200, b'{"status":"ok"}')
-        elif path == "/_received":
-            stand_in = self.server.stand_in
-            stats = stand_in.stats
-            data = {
-                "events": stand_in.events(),
-                "requests": stats.requests,
-                "discarded": stats.discarded,
-                "resent": sorted(stats.resent),
-            }
-            self._send(200, orjson.dumps(data, option=orjson.OPT_INDENT_2))
-        else:
-            self._send(404, b'{"error":"not found"}')
-
-    def do_POST(self) -> None:  # noqa: N802
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        answer = self.server.stand_in.answer(self.path, self.headers, body)
-        if answer is None:
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        self._send(*answer)
-
-    def _send(self, status: int, data: bytes) -> None:
-        self.server.stand_in.count(status)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        # the request line holds the source key: never log it
-        log.debug("tracking stand-in: %s", args[1] if len(args) > 1 else "")
