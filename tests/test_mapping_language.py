@@ -173,3 +173,16 @@ def test_numbers_as_shops_write_them(text, locale, expected):
 def test_numbers_that_cannot_be_read(text, locale):
     with pytest.raises(NumberError, match="not a number"):
         parse_amount(text, locale)
+
+
+def test_an_unknown_target_reads_as_a_sentence(tmp_path):
+    """The error a person reads: where and what, without pydantic's own wording."""
+    from csvbridge.read.mapping import load_mapping
+
+    path = tmp_path / "m.yaml"
+    path.write_text("fields:\n  billing_adress.locality: City\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as exc:
+        load_mapping(path)
+    text = str(exc.value)
+    assert "did you mean billing_address.locality?" in text
+    assert "Value error" not in text and ": :" not in text

@@ -275,8 +275,18 @@ def parse_mapping(raw: Any, where: str) -> Mapping:
     try:
         return Mapping.model_validate(raw)
     except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid mapping: {msgs}", file=where) from None
+        raise ConfigError(f"invalid mapping: {_problems(exc)}", file=where) from None
+
+
+def _problems(exc: ValidationError) -> str:
+    """pydantic's errors as a person reads them: "where: what", without its "Value error,"
+    prefix, and without a where when the check is about the whole mapping."""
+    parts = []
+    for e in exc.errors():
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        where = ".".join(map(str, e["loc"]))
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
